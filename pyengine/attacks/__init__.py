@@ -1,0 +1,4 @@
+"""Attacks on (defended) classifiers."""
+from .pgd import PGD
+
+__all__ = ["PGD"]

@@ -1,0 +1,149 @@
+"""``pyengine`` command line: a thin layer over the public API."""
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10"
+
+
+def parse_fraction(text: str) -> float:
+    """Accept ``8/255`` as well as ``0.0314``."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.03 or 8/255, got {text!r}") from None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="CIFAR-10 source: cifar-10-batches-py folder, image folder or zip folder "
+                        "(default: %(default)s)")
+
+
+def _cmd_train_classifier(args) -> None:
+    from .data import load_cifar10
+    from .models import create_model
+    from .train import ClassifierTrainConfig, train_classifier
+
+    torch_threads(args)
+    model = create_model(args.model)
+    config = ClassifierTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                   adversarial=args.adversarial, eps=args.eps, seed=args.seed)
+    train = load_cifar10(args.data, "train", limit=args.limit)
+    test = load_cifar10(args.data, "test")
+    metrics = train_classifier(model, train, args.out, config, test=test,
+                               manifest={"dataset": f"CIFAR-10 from {args.data}"})
+    print(f"saved {args.out}: {metrics}")
+
+
+def _cmd_train_head(args) -> None:
+    from .data import load_cifar10
+    from .models import ContrastiveHead, model_config
+    from .models.checkpoint import load_checkpoint
+    from .train import HeadTrainConfig, train_head
+
+    torch_threads(args)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = model_config(ckpt.manifest["architecture"])
+    head = ContrastiveHead(ckpt.classifier.num_features, args.hidden or cfg.head_hidden, args.dim or cfg.head_out)
+    config = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             n_views=args.views, temperature=args.temperature, seed=args.seed)
+    train = load_cifar10(args.data, "train", limit=args.limit)
+    kept = {k: ckpt.manifest[k] for k in ("training", "metrics", "dataset") if k in ckpt.manifest}
+    metrics = train_head(ckpt.classifier, head, train, args.out, config, manifest=kept)
+    print(f"saved {args.out}: {metrics}")
+
+
+def _cmd_demo(args) -> None:
+    from .data import load_cifar10
+    from .demo import DEFAULT_CHECKPOINT, run_demo
+    from .purify import Purifier
+
+    torch_threads(args)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    purifier = Purifier.from_checkpoint(checkpoint, steps=args.steps, eps=args.eps_v)
+    data = load_cifar10(args.data, "test", limit=args.n)
+    name = purifier.manifest["architecture"]
+    print(f"pyengine demo: {name} from {checkpoint}\n"
+          f"{len(data)} CIFAR-10 test images from {args.data}; attack: PGD-{args.attack_steps} L-inf "
+          f"eps {args.eps:.4f} on the undefended classifier (static); purification: K={args.steps}, "
+          f"eps_v {args.eps_v:.4f}, {purifier.objective.views.n_views} views, bank negatives")
+    result = run_demo(purifier, data, attack_eps=args.eps, attack_steps=args.attack_steps,
+                      batch_size=args.batch_size, seed=args.seed)
+    print(result.table())
+    print(f"{result.n} images in {result.seconds:.1f} s")
+
+
+def torch_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyengine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-classifier", help="train a classifier (standard or FGSM-RS adversarial)")
+    p.add_argument("--model", default="preact_resnet_tiny")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
+    p.add_argument("--adversarial", choices=("none", "fgsm"), default="none")
+    p.add_argument("--eps", type=parse_fraction, default=8 / 255)
+    p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_train_classifier)
+
+    p = sub.add_parser("train-head", help="train the contrastive head G on a frozen classifier")
+    p.add_argument("--checkpoint", type=Path, required=True, help="classifier checkpoint")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--hidden", type=int, default=None, help="default: the architecture's head size")
+    p.add_argument("--dim", type=int, default=None, help="default: the architecture's head size")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_train_head)
+
+    p = sub.add_parser("demo", help="attack, purify and compare on CIFAR-10 test images")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
+    p.add_argument("--n", type=int, default=100, help="number of test images")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--eps", type=parse_fraction, default=8 / 255, help="attack radius (L-inf)")
+    p.add_argument("--attack-steps", type=int, default=10)
+    p.add_argument("--eps-v", type=parse_fraction, default=16 / 255, help="purification radius")
+    p.add_argument("--steps", type=int, default=40, help="purification steps K")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .models.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, CheckpointError) as err:
+        print(f"pyengine {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

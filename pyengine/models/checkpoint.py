@@ -1,0 +1,140 @@
+"""Checkpoints: one safetensors file whose header carries a small JSON manifest.
+
+Tensors are stored under ``classifier.*``, ``head.*`` (the contrastive head G) and
+``aux.<name>[.*]`` (auxiliary heads of other objectives, or plain tensors such as the
+contrastive objective's bank of negatives). The manifest says how to rebuild
+the modules (architecture, head sizes, normalisation), where the weights came from
+(dataset, training command) and what they scored. Loading parses JSON and raw tensors
+only: no pickle, so a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+from torch import nn
+
+from .head import ContrastiveHead
+from .registry import create_model
+
+FORMAT_VERSION = 1
+_MANIFEST_KEY = "pyengine_manifest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or lacks a part that was asked for."""
+
+
+@dataclass
+class Checkpoint:
+    classifier: nn.Module
+    head: ContrastiveHead | None
+    manifest: dict
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def require_head(self) -> ContrastiveHead:
+        if self.head is None:
+            raise CheckpointError(
+                f"checkpoint {self.manifest.get('path', '?')} has no contrastive head; "
+                "train one with `pyengine train-head`")
+        return self.head
+
+
+def save_checkpoint(path: str | Path, classifier: nn.Module, *, head: ContrastiveHead | None = None,
+                    aux: dict[str, nn.Module | torch.Tensor] | None = None, **manifest) -> Path:
+    """Write ``classifier`` (a registered model), optional ``head`` and ``aux`` modules or tensors."""
+    path = Path(path)
+    name = getattr(classifier, "model_name", None)
+    if name is None:
+        raise CheckpointError("save_checkpoint needs a model built by create_model (it records the name)")
+    tensors = {f"classifier.{k}": v for k, v in classifier.state_dict().items()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "architecture": name,
+        "num_classes": classifier.fc.out_features,
+        "normalization": {"mean": classifier.mean.flatten().tolist(), "std": classifier.std.flatten().tolist()},
+        **manifest,
+    }
+    if head is not None:
+        tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+        manifest["head"] = {"in_features": head.in_features, "hidden": head.hidden,
+                            "out_features": head.out_features}
+    for aux_name, part in (aux or {}).items():
+        if isinstance(part, torch.Tensor):
+            tensors[f"aux.{aux_name}"] = part
+        else:
+            tensors.update({f"aux.{aux_name}.{k}": v for k, v in part.state_dict().items()})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata={_MANIFEST_KEY: json.dumps(manifest)})
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"corrupt checkpoint {path}: {err}") from err
+    if _MANIFEST_KEY not in meta:
+        raise CheckpointError(f"{path} is a safetensors file without a pyengine manifest")
+    try:
+        manifest = json.loads(meta[_MANIFEST_KEY])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"corrupt manifest in {path}: {err}") from err
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"corrupt manifest in {path}: expected a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this pyengine reads "
+                              f"versions 1..{FORMAT_VERSION}")
+    manifest["path"] = str(path)
+    return manifest
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild classifier (eval mode), head and auxiliary tensors from ``path``."""
+    manifest = read_manifest(path)
+    try:
+        tensors = load_file(str(manifest["path"]), device=str(map_location))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"corrupt checkpoint {path}: {err}") from err
+    head = None
+    try:
+        norm = manifest["normalization"]
+        classifier = create_model(manifest["architecture"], num_classes=manifest["num_classes"],
+                                  mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        if "head" in manifest:
+            h = manifest["head"]
+            head = ContrastiveHead(h["in_features"], h["hidden"], h["out_features"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its modules from the manifest: "
+                              f"{type(err).__name__}: {err}") from err
+    _load_part(classifier, tensors, "classifier.", path)
+    if head is not None:
+        _load_part(head, tensors, "head.", path)
+    aux = {k[len("aux."):]: v for k, v in tensors.items() if k.startswith("aux.")}
+    return Checkpoint(classifier.to(map_location).eval(),
+                      head.to(map_location).eval() if head is not None else None, manifest, aux)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def _load_part(module: nn.Module, tensors: dict, prefix: str, path) -> None:
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not match its manifest ({prefix}*): {err}") from err

@@ -1,0 +1,153 @@
+"""The Purifier: Algorithm 1 of Mao et al. (the self-supervised reverse attack).
+
+``Purifier`` composes three parts that can be swapped independently: an objective L_s
+(``x -> per-image loss``), a step rule (start point, projected step) and, inside the
+contrastive objective, a view sampler. ``purify`` runs K steps of projected descent on
+L_s from a (random) start inside the eps_v ball; ``forward`` classifies the result.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .objectives import ContrastiveObjective
+from .steps import ProjectedStep
+from .views import ViewSampler
+
+
+class PurifyResult(NamedTuple):
+    images: torch.Tensor  # Tensor[N, 3, H, W] in [0, 1], inside the eps_v ball around the input
+    loss_trace: torch.Tensor  # Tensor[K + 1, N]: L_s at the start and after every step
+
+
+def check_images(x, name: str = "x") -> None:
+    """Raise TypeError/ValueError unless ``x`` is a finite float Tensor[N, 3, H, W] in [0, 1], N >= 1."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype} "
+                        "(convert uint8 images with x.float() / 255)")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D [N, 3, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        raise ValueError(f"{name} must have 3 channels (RGB) in dim 1, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
+
+
+def _module_device(module: nn.Module) -> torch.device | None:
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    return None if tensor is None else tensor.device
+
+
+class Purifier(nn.Module):
+    """Defend ``classifier`` at test time by reversing attacks with natural supervision.
+
+    Args:
+        classifier: a model with ``forward(x) -> logits`` and ``forward_features(x) ->
+            Tensor[N, D]`` taking images in [0, 1] (registered models do; wrap others with
+            :class:`pyengine.models.HookedFeatures`).
+        head: the contrastive head G (ignored when ``objective`` is given).
+        objective: L_s; default :class:`ContrastiveObjective` (Eq. 4) with ``n_views``,
+            ``temperature``, ``negatives`` and ``bank``.
+        step: the step rule; default :class:`ProjectedStep` with ``eps``, ``step_size``,
+            ``norm`` and ``random_start``.
+        steps: K, the number of purification steps (paper: 40).
+        eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255).
+        seed: when given, every call draws the same randomness (a deterministic defense);
+            else the global RNG (or the ``generator`` passed to ``purify``) is used.
+
+    The classifier and head are put in eval mode and frozen: purification differentiates
+    with respect to the input only.
+    """
+
+    def __init__(self, classifier: nn.Module, head: nn.Module | None = None, *,
+                 objective: nn.Module | None = None, step: ProjectedStep | None = None,
+                 steps: int = 40, eps: float = 16 / 255, step_size: float = 2 / 255, norm: str = "linf",
+                 random_start: bool = True, n_views: int = 4, temperature: float = 0.2,
+                 negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None):
+        super().__init__()
+        if not isinstance(steps, int) or not 0 <= steps <= 10_000:
+            raise ValueError(f"steps must be an integer in [0, 10000], got {steps!r}")
+        if objective is None:
+            if head is None:
+                raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
+            objective = ContrastiveObjective(classifier, head, ViewSampler(n_views=n_views),
+                                             temperature=temperature, negatives=negatives, bank=bank)
+        self.classifier, self.objective = classifier, objective
+        self.step = step or ProjectedStep(eps, step_size, norm=norm, random_start=random_start)
+        self.steps, self.seed = steps, seed
+        self.eval().requires_grad_(False)
+        devices = {t.device for t in (*self.parameters(), *self.buffers())}
+        if len(devices) > 1:
+            raise ValueError(f"classifier, head and bank live on different devices: {sorted(map(str, devices))}")
+
+    @classmethod
+    def from_checkpoint(cls, path, *, map_location="cpu", **kwargs) -> "Purifier":
+        """A contrastive purifier from a checkpoint holding classifier, head and bank."""
+        from ..models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        kwargs.setdefault("bank", ckpt.aux.get("contrastive_bank"))
+        purifier = cls(ckpt.classifier, ckpt.require_head(), **kwargs)
+        purifier.manifest = ckpt.manifest
+        return purifier
+
+    def train(self, mode: bool = True) -> "Purifier":
+        # Purification always uses inference behaviour (BN running statistics), whatever the caller sets.
+        return super().train(False)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        device = _module_device(self.classifier)
+        if isinstance(x, torch.Tensor) and device is not None and x.device != device:
+            raise ValueError(f"x is on {x.device} but the classifier is on {device}")
+        check_images(x)
+
+    def _generator(self, generator: torch.Generator | None) -> torch.Generator | None:
+        if generator is None and self.seed is not None:
+            generator = torch.Generator().manual_seed(self.seed)
+        return generator
+
+    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_s per image, Tensor[N] (no gradient)."""
+        self._check_input(x)
+        with torch.no_grad():
+            return self.objective(x, generator=self._generator(generator))
+
+    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
+               return_trace: bool = False) -> torch.Tensor | PurifyResult:
+        """x: Tensor[N, 3, H, W] in [0, 1] -> purified images (and the L_s trace when asked)."""
+        self._check_input(x)
+        generator = self._generator(generator)
+        x0 = x.detach()
+        xk = self.step.start(x0, generator=generator)
+        trace = []
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                xk.requires_grad_(True)
+                loss = self.objective(xk, generator=generator)
+                grad, = torch.autograd.grad(loss.sum(), xk)
+                xk = xk.detach()
+                trace.append(loss.detach())
+                self.step.step(xk, grad, x0)
+        if not return_trace:
+            return xk
+        with torch.no_grad():
+            trace.append(self.objective(xk, generator=generator))
+        return PurifyResult(xk, torch.stack(trace))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the purified input (no gradient flows through the purification)."""
+        return self.classifier(self.purify(x))
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, step={self.step!r}, seed={self.seed}"
