@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..random import Random, as_random
 from .objectives import ContrastiveObjective
 from .steps import ProjectedStep
 from .views import ViewSampler
@@ -112,22 +113,22 @@ class Purifier(nn.Module):
             raise ValueError(f"x is on {x.device} but the classifier is on {device}")
         check_images(x)
 
-    def _generator(self, generator: torch.Generator | None) -> torch.Generator | None:
+    def _random(self, generator: "torch.Generator | Random | None") -> Random:
         if generator is None and self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed)
-        return generator
+        return as_random(generator)
 
-    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, *, generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
         """L_s per image, Tensor[N] (no gradient)."""
         self._check_input(x)
         with torch.no_grad():
-            return self.objective(x, generator=self._generator(generator))
+            return self.objective(x, generator=self._random(generator))
 
-    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
+    def purify(self, x: torch.Tensor, *, generator: "torch.Generator | Random | None" = None,
                return_trace: bool = False) -> torch.Tensor | PurifyResult:
         """x: Tensor[N, 3, H, W] in [0, 1] -> purified images (and the L_s trace when asked)."""
         self._check_input(x)
-        generator = self._generator(generator)
+        generator = self._random(generator)
         x0 = x.detach()
         xk = self.step.start(x0, generator=generator)
         trace = []

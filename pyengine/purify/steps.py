@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import NORMS, projection_step_
+from ..random import Random, as_random
 
 
 class ProjectedStep:
@@ -23,20 +24,20 @@ class ProjectedStep:
             raise ValueError(f"step_size must lie in (0, 4*eps], got {step_size} with eps={eps}")
         self.eps, self.step_size, self.norm, self.random_start = eps, step_size, norm, random_start
 
-    def start(self, x0: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def start(self, x0: torch.Tensor, *, generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
         """x0 plus uniform noise in the ball (Algorithm 1, line 4), or x0 itself."""
         if not self.random_start:
             return x0.clone()
-        noise = torch.rand(x0.shape, generator=generator, dtype=torch.float32) * 2 - 1
+        rng = as_random(generator)
+        n, size = x0.shape[0], x0[0].numel()
         if self.norm == "l2":
             # A direction uniform on the sphere and a radius uniform in [0, eps].
-            noise = torch.randn(x0.shape, generator=generator)
-            radius = torch.rand(x0.shape[0], generator=generator) * self.eps
-            noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            noise = noise * radius.view(-1, 1, 1, 1)
+            direction = rng.randn(n, size)
+            radius = rng.rand(n, 1) * self.eps
+            noise = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12) * radius
         else:
-            noise = noise * self.eps
-        return (x0 + noise.to(x0.device, x0.dtype)).clamp(0, 1)
+            noise = (rng.rand(n, size) * 2 - 1) * self.eps
+        return (x0 + noise.view_as(x0).to(x0.device, x0.dtype)).clamp(0, 1)
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return projection_step_(x, grad, x0, self.step_size, self.eps, self.norm)

@@ -12,10 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import view_sampling as vs
-
-
-def _uniform(shape, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(shape, generator=generator) * (high - low) + low
+from ..random import Random, as_random
 
 
 @dataclass
@@ -51,31 +48,39 @@ class ViewSampler:
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must lie in [0, 0.5], got {self.hue}")
 
+    _TRIES = 10  # RandomResizedCrop's attempts before it falls back to the full image
+    _UNIFORMS = 2 * _TRIES + 9  # per view: tries x (area, ratio), top, left, flip, gate, b, c, s, hue, gray
+
     def draw(self, n_images: int, height: int, width: int, *,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Parameters [n_views * n_images, NUM_VIEW_PARAMS] on the CPU (so draws do not depend on the device)."""
-        rows = self.n_views * (1 if self.shared_across_batch else n_images)
-        params = vs.identity_view_params(rows)
+             generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
+        """Parameters [n_views * n_images, NUM_VIEW_PARAMS] on the CPU, view-major.
+
+        All uniforms of a call come from one ``rng.rand(n_images, ...)``, so with a
+        :class:`~pyengine.random.CounterRandom` an image's views depend on its index alone.
+        """
+        rng = as_random(generator)
+        u = rng.rand(n_images, self.n_views * self._UNIFORMS, shared=self.shared_across_batch)
+        u = u.reshape(n_images, self.n_views, self._UNIFORMS).transpose(0, 1).reshape(-1, self._UNIFORMS)
+        tries = self._TRIES
+        params = vs.identity_view_params(u.shape[0])
         params[:, [vs.CROP_TOP, vs.CROP_LEFT, vs.CROP_HEIGHT, vs.CROP_WIDTH]] = self._crops(
-            rows, height, width, generator)
-        params[:, vs.FLIP] = (torch.rand(rows, generator=generator) < self.flip_p).float()
-        jitter = torch.rand(rows, generator=generator) < self.jitter_p
-        for column, strength in ((vs.BRIGHTNESS, self.brightness), (vs.CONTRAST, self.contrast),
-                                 (vs.SATURATION, self.saturation)):
-            factor = _uniform(rows, max(0.0, 1 - strength), 1 + strength, generator)
-            params[:, column] = torch.where(jitter, factor, params[:, column])
-        params[:, vs.HUE] = torch.where(jitter, _uniform(rows, -self.hue, self.hue, generator), 0.0)
-        params[:, vs.GRAYSCALE] = (torch.rand(rows, generator=generator) < self.grayscale_p).float()
-        if self.shared_across_batch:
-            params = params.repeat_interleave(n_images, dim=0)
+            u[:, :tries], u[:, tries:2 * tries], u[:, 2 * tries], u[:, 2 * tries + 1], height, width)
+        flip, gate, b, c, s, hue, gray = u[:, 2 * tries + 2:].unbind(1)
+        params[:, vs.FLIP] = (flip < self.flip_p).float()
+        jitter = gate < self.jitter_p
+        for column, strength, draw in ((vs.BRIGHTNESS, self.brightness, b), (vs.CONTRAST, self.contrast, c),
+                                       (vs.SATURATION, self.saturation, s)):
+            low = max(0.0, 1 - strength)
+            params[:, column] = torch.where(jitter, low + draw * (1 + strength - low), 1.0)
+        params[:, vs.HUE] = torch.where(jitter, (hue * 2 - 1) * self.hue, 0.0)
+        params[:, vs.GRAYSCALE] = (gray < self.grayscale_p).float()
         return params
 
-    def _crops(self, rows: int, height: int, width: int, generator) -> torch.Tensor:
-        """RandomResizedCrop boxes as fractions (top, left, height, width): ten tries, then the full image."""
-        tries = 10
-        area = _uniform((rows, tries), *self.scale, generator)
-        log_ratio = _uniform((rows, tries), math.log(self.ratio[0]), math.log(self.ratio[1]), generator)
-        aspect = torch.exp(log_ratio) * height / width  # width/height ratio in pixels -> in fractions
+    def _crops(self, u_area, u_ratio, u_top, u_left, height: int, width: int) -> torch.Tensor:
+        """RandomResizedCrop boxes as fractions (top, left, height, width): first try that fits, else the full image."""
+        area = self.scale[0] + u_area * (self.scale[1] - self.scale[0])
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + u_ratio * (log_hi - log_lo)) * height / width  # pixels -> fractions
         crop_w = torch.sqrt(area * aspect)
         crop_h = torch.sqrt(area / aspect)
         fits = (crop_w <= 1) & (crop_h <= 1)
@@ -83,12 +88,10 @@ class ViewSampler:
         pick = first.clamp(min=0)[:, None]
         crop_h = torch.where(first >= 0, crop_h.gather(1, pick)[:, 0], 1.0)
         crop_w = torch.where(first >= 0, crop_w.gather(1, pick)[:, 0], 1.0)
-        top = torch.rand(rows, generator=generator) * (1 - crop_h)
-        left = torch.rand(rows, generator=generator) * (1 - crop_w)
-        return torch.stack([top, left, crop_h, crop_w], dim=1)
+        return torch.stack([u_top * (1 - crop_h), u_left * (1 - crop_w), crop_h, crop_w], dim=1)
 
     def __call__(self, x: torch.Tensor, params: torch.Tensor | None = None, *,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
         n, _, h, w = x.shape
         if params is None:
             params = self.draw(n, h, w, generator=generator)

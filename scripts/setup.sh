@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs pyengine and everything it needs from this checkout's own files, then builds
+# the C++ extension (CPU kernels always; CUDA kernels where torch has CUDA and nvcc exists).
+# A torch already installed (2.4 or newer, CPU or CUDA) is kept; otherwise the CPU build of
+# torch 2.13.0 is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  "$PYTHON" -m pip install -q torch==2.13.0
+fi
+"$PYTHON" -m pip install -q -r requirements.txt
+MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" -m pip install -q --no-build-isolation --no-deps -e .
+"$PYTHON" -c "import pyengine.ops as ops; assert ops.extension_loaded(), 'pyengine._C did not build'; print('pyengine: extension built, CUDA kernels:', ops.cuda_kernels_built())"
