@@ -31,9 +31,13 @@ def _cmd_train_classifier(args) -> None:
     torch_threads(args)
     model = create_model(args.model)
     config = ClassifierTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   adversarial=args.adversarial, eps=args.eps, seed=args.seed)
+                                   adversarial=args.adversarial, eps=args.eps, seed=args.seed,
+                                   aux=args.aux, alpha=args.alpha, noise_sigma=args.noise_sigma,
+                                   schedule=args.schedule)
+    if args.weight_decay is not None:
+        config.weight_decay = args.weight_decay
     train = load_cifar10(args.data, "train", limit=args.limit)
-    test = load_cifar10(args.data, "test")
+    test = load_cifar10(args.data, "test", limit=args.test_limit)
     metrics = train_classifier(model, train, args.out, config, test=test,
                                manifest={"dataset": f"CIFAR-10 from {args.data}"})
     print(f"saved {args.out}: {metrics}")
@@ -77,6 +81,31 @@ def _cmd_demo(args) -> None:
     print(f"{result.n} images in {result.seconds:.1f} s")
 
 
+def _cmd_eval(args) -> None:
+    from .data import load_cifar10
+    from .demo import DEFAULT_CHECKPOINT
+    from .evaluation import EvalConfig, evaluate, markdown_table
+    from .purify import Purifier
+
+    from .distributed import world
+
+    torch_threads(args)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    config = EvalConfig(attacks=[a for a in args.attacks.split(",") if a], eps=args.eps, norm=args.norm,
+                        n=args.n, batch_size=args.batch_size, seed=args.seed, randomness=args.randomness,
+                        checkpoint=str(checkpoint))
+    data = load_cifar10(args.data, "test", limit=args.n)
+    with world(args.device) as w:
+        purifier = Purifier.from_checkpoint(checkpoint, map_location=w.device, steps=args.steps, eps=args.eps_v)
+        summary = evaluate(purifier, data, config, args.out, rank=w.rank, world_size=w.world_size,
+                           figure_images=args.figures, manifest=purifier.manifest)
+    if summary is None:
+        return
+    print(markdown_table(summary))
+    print(f"report: {args.out / 'table.md'}, {args.out / 'results.json'}"
+          + (f", figures in {args.out / 'figures'}" if args.figures else ""))
+
+
 def torch_threads(args) -> None:
     if getattr(args, "threads", None):
         import torch
@@ -95,7 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
     p.add_argument("--adversarial", choices=("none", "fgsm"), default="none")
     p.add_argument("--eps", type=parse_fraction, default=8 / 255)
+    p.add_argument("--aux", choices=("rotation", "consistency", "reconstruction"), default=None,
+                   help="SOAP joint training (Shi et al. Eq. 2) with this auxiliary task")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of the auxiliary loss (default: the paper's: rotation 0.5, consistency 1, "
+                        "reconstruction 100)")
+    p.add_argument("--noise-sigma", type=float, default=None,
+                   help="Gaussian input corruption for --aux (default: 0.1; reconstruction 0.5)")
+    p.add_argument("--schedule", choices=("onecycle", "step"), default="onecycle",
+                   help="learning-rate schedule; 'step' is the paper's (x0.1 at 1/2 and 3/4 of the epochs, "
+                        "use with --lr 0.1 --weight-decay 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4")
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     _add_data_args(p)
@@ -129,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     _add_data_args(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="static and adaptive attacks on the purified classifier: table, JSON, figures")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
+    p.add_argument("--attacks", default="pgd50,bpda-pgd50,transfer-pgd50",
+                   help="comma-separated attack specs (see pyengine.attacks.build_attack)")
+    p.add_argument("--eps", type=parse_fraction, default=8 / 255)
+    p.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--eps-v", type=parse_fraction, default=16 / 255)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--randomness", choices=("deterministic", "eot"), default="deterministic",
+                   help="deterministic: attacker and defender share random draws; eot: fresh draws")
+    p.add_argument("--figures", type=int, default=0, metavar="N",
+                   help="also draw the papers' figures on the first N images (0: none)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda under torchrun when present)")
+    p.add_argument("--threads", type=int, default=None)
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -7,7 +7,7 @@ L_s from a (random) start inside the eps_v ball; ``forward`` classifies the resu
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -125,21 +125,30 @@ class Purifier(nn.Module):
             return self.objective(x, generator=self._random(generator))
 
     def purify(self, x: torch.Tensor, *, generator: "torch.Generator | Random | None" = None,
-               return_trace: bool = False) -> torch.Tensor | PurifyResult:
-        """x: Tensor[N, 3, H, W] in [0, 1] -> purified images (and the L_s trace when asked)."""
+               return_trace: bool = False,
+               on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor | PurifyResult:
+        """x: Tensor[N, 3, H, W] in [0, 1] -> purified images (and the L_s trace when asked).
+
+        ``on_step(k, x_k)`` is called with the start (k = 0) and after every step, e.g. to
+        record accuracy along the way (the paper's Fig. 5) or feature trajectories (Fig. 8).
+        """
         self._check_input(x)
         generator = self._random(generator)
         x0 = x.detach()
         xk = self.step.start(x0, generator=generator)
         trace = []
+        if on_step is not None:
+            on_step(0, xk)
         with torch.enable_grad():
-            for _ in range(self.steps):
+            for k in range(1, self.steps + 1):
                 xk.requires_grad_(True)
                 loss = self.objective(xk, generator=generator)
                 grad, = torch.autograd.grad(loss.sum(), xk)
                 xk = xk.detach()
                 trace.append(loss.detach())
                 self.step.step(xk, grad, x0)
+                if on_step is not None:
+                    on_step(k, xk)
         if not return_trace:
             return xk
         with torch.no_grad():

@@ -1,0 +1,168 @@
+"""The papers' figures as PNG files (Mao et al. Figs. 2, 4, 5, 6, 7, 8).
+
+Each function measures what it plots on a small batch ``x, y`` with the given purifier and
+writes one PNG plus the plotted numbers as JSON beside it, so a figure can be checked
+without reading pixels. Randomness is counter-based with ``seed``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..random import CounterRandom  # noqa: E402
+
+AttackAt = Callable[[float], object]  # eps -> attack with perturb(x, y, generator=...)
+
+
+def _save(fig, out: Path, name: str, data: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    return path
+
+
+def _rng(seed: int, n: int) -> CounterRandom:
+    return CounterRandom(seed, torch.arange(n))
+
+
+@torch.no_grad()
+def _accuracy(classifier, x, y) -> float:
+    return (classifier(x).argmax(1) == y).float().mean().item()
+
+
+def _with(purifier, **changes):
+    """A copy of ``purifier`` with other steps/step-rule settings (models shared, not copied)."""
+    clone = copy.copy(purifier)
+    step = copy.copy(purifier.step)
+    for key, value in changes.items():
+        setattr(clone if key == "steps" else step, key, value)
+    clone.step = step
+    return clone
+
+
+def loss_histograms(records: dict[str, list[dict]], attack: str, out: Path) -> Path:
+    """Fig. 2: L_s of clean, attacked and purified-attacked images."""
+    clean = [r["loss"] for r in records["clean"]]
+    attacked = [r["loss"] for r in records[attack]]
+    purified = [r["loss_purified"] for r in records[attack]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for values, label in ((clean, "clean"), (attacked, f"attacked ({attack})"), (purified, "attacked, purified")):
+        ax.hist(values, bins=30, alpha=0.55, label=label)
+    ax.set_xlabel("contrastive loss L_s")
+    ax.set_ylabel("images")
+    ax.legend()
+    ax.set_title("Attacks raise L_s; purification lowers it")
+    return _save(fig, out, "fig2_loss_histograms", {"clean": clean, "attacked": attacked, "purified": purified})
+
+
+def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0) -> Path:
+    """Fig. 5: accuracy of the iterates x_k of purification, clean and attacked inputs."""
+    curves = {}
+    for name, inputs in (("clean", x), ("attacked", x_adv)):
+        accs = []
+        purifier.purify(inputs, generator=_rng(seed, len(y)),
+                        on_step=lambda k, xk: accs.append(_accuracy(purifier.classifier, xk, y)))
+        curves[name] = accs
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, accs in curves.items():
+        ax.plot(range(len(accs)), [100 * a for a in accs], label=name)
+    ax.set_xlabel("purification step k")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend()
+    return _save(fig, out, "fig5_accuracy_vs_steps", curves)
+
+
+def robustness_vs_eps(purifier, x, y, attack_at: AttackAt, eps_values: list[float], out: Path,
+                      *, seed: int = 0) -> Path:
+    """Fig. 6: robust accuracy vs attack radius, Standard vs Purified (static attack)."""
+    data = {"eps": eps_values, "standard": [], "purified": []}
+    for eps in eps_values:
+        x_adv = attack_at(eps).perturb(x, y, generator=_rng(seed, len(y)))
+        data["standard"].append(_accuracy(purifier.classifier, x_adv, y))
+        data["purified"].append(_accuracy(purifier.classifier, purifier.purify(x_adv, generator=_rng(seed, len(y))), y))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ticks = [255 * e for e in eps_values]
+    ax.plot(ticks, [100 * a for a in data["standard"]], "o-", label="Standard")
+    ax.plot(ticks, [100 * a for a in data["purified"]], "o-", label="Purified")
+    ax.set_xlabel("attack eps (x/255)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.legend()
+    return _save(fig, out, "fig6_robustness_vs_eps", data)
+
+
+def tradeoff_eps_v(purifier, x, y, x_adv, eps_v_values: list[float], out: Path, *, seed: int = 0) -> Path:
+    """Fig. 7: clean vs robust accuracy as eps_v grows, against the random-noise reversal.
+
+    The baseline adds uniform noise in the same eps_v ball and does not optimise (K = 0).
+    """
+    data = {"eps_v": eps_v_values, "ours": [], "random_noise": []}
+    ratio = purifier.step.step_size / purifier.step.eps
+    for eps_v in eps_v_values:
+        for key, variant in (("ours", _with(purifier, eps=eps_v, step_size=ratio * eps_v)),
+                             ("random_noise", _with(purifier, steps=0, eps=eps_v, random_start=True))):
+            clean = _accuracy(variant.classifier, variant.purify(x, generator=_rng(seed, len(y))), y)
+            robust = _accuracy(variant.classifier, variant.purify(x_adv, generator=_rng(seed, len(y))), y)
+            data[key].append({"clean": clean, "robust": robust})
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label in (("ours", "reverse attack (ours)"), ("random_noise", "random noise")):
+        ax.plot([100 * p["robust"] for p in data[key]], [100 * p["clean"] for p in data[key]], "o-", label=label)
+    ax.set_xlabel("robust accuracy (%)")
+    ax.set_ylabel("clean accuracy (%)")
+    ax.legend()
+    return _save(fig, out, "fig7_tradeoff_eps_v", data)
+
+
+@torch.no_grad()
+def _features(purifier, images) -> torch.Tensor:
+    return purifier.classifier.forward_features(images)
+
+
+def pca_trajectories(purifier, x, x_adv, out: Path, *, n_show: int = 6, seed: int = 0) -> Path:
+    """Fig. 8: penultimate features projected by PCA, clean -> attacked -> purification iterates."""
+    x, x_adv = x[:n_show], x_adv[:n_show]
+    iterates = []
+    purifier.purify(x_adv, generator=_rng(seed, len(x)), on_step=lambda k, xk: iterates.append(_features(purifier, xk)))
+    clean, attacked = _features(purifier, x), _features(purifier, x_adv)
+    stacked = torch.cat([clean, attacked, *iterates])
+    mean = stacked.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(stacked - mean, full_matrices=False)
+    project = lambda f: ((f - mean) @ v[:2].T).tolist()  # noqa: E731
+    data = {"clean": project(clean), "attacked": project(attacked), "iterates": [project(f) for f in iterates]}
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for i in range(len(x)):
+        path = [data["attacked"][i]] + [step[i] for step in data["iterates"]]
+        ax.plot([p[0] for p in path], [p[1] for p in path], "-", color=f"C{i}", alpha=0.6)
+        ax.scatter(*data["clean"][i], marker="*", s=120, color=f"C{i}")
+        ax.scatter(*data["attacked"][i], marker="x", s=60, color=f"C{i}")
+    ax.set_title("clean (*), attacked (x), purification path (line)")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    return _save(fig, out, "fig8_pca_trajectories", data)
+
+
+def lambda_tradeoff(purifier, x, y, attack_at_lambda: Callable[[float], object], lambdas: list[float],
+                    out: Path, *, seed: int = 0) -> Path:
+    """Fig. 4 / Table 6: defense-aware attacks L_c - lambda * L_s, Standard vs Purified."""
+    data = {"lambda": lambdas, "standard": [], "purified": []}
+    for lam in lambdas:
+        x_adv = attack_at_lambda(lam).perturb(x, y, generator=_rng(seed, len(y)))
+        data["standard"].append(_accuracy(purifier.classifier, x_adv, y))
+        data["purified"].append(_accuracy(purifier.classifier, purifier.purify(x_adv, generator=_rng(seed, len(y))), y))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(lambdas, [100 * a for a in data["standard"]], "o-", label="Standard")
+    ax.plot(lambdas, [100 * a for a in data["purified"]], "o-", label="Purified")
+    ax.set_xlabel("lambda_s")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.legend()
+    return _save(fig, out, "fig4_lambda_tradeoff", data)

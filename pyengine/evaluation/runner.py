@@ -1,0 +1,177 @@
+"""``pyengine eval``: static and adaptive attacks on a purified classifier, resumable.
+
+Work is cut into (attack, batch) units. Each unit writes one JSON file of per-image
+records under ``<out>/units/``; a unit whose file exists (with the same config hash) is
+skipped, so a killed run resumes where it stopped, and several processes can share the
+units of one run (``shard``) with rank 0 merging the files into the report.
+
+Randomness is counter-based (:class:`~pyengine.random.CounterRandom`): the defender's
+draws for an image come from ``(seed, image index)``, the attacker's from the same seed
+("deterministic": attacker and defender see the same draws) or from a derived one
+("eot": fresh draws). Results therefore do not depend on the batch size or the number
+of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import ImageSet
+from ..random import CounterRandom
+
+CLEAN = "clean"
+RANDOMNESS = ("deterministic", "eot")
+
+
+@dataclass
+class EvalConfig:
+    attacks: list[str]
+    eps: float = 8 / 255
+    norm: str = "linf"
+    n: int = 1000
+    batch_size: int = 100
+    seed: int = 0
+    randomness: str = "deterministic"
+    checkpoint: str = ""
+
+    def __post_init__(self):
+        if self.randomness not in RANDOMNESS:
+            raise ValueError(f"randomness must be one of {RANDOMNESS}, got {self.randomness!r}")
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError(f"n and batch_size must be >= 1, got n={self.n}, batch_size={self.batch_size}")
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"eps must lie in (0, 1], got {self.eps}")
+
+    def digest(self) -> str:
+        """Hash of everything that changes the numbers (batch size does not)."""
+        relevant = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Unit:
+    attack: str
+    batch: int
+    start: int
+    stop: int
+
+    @property
+    def filename(self) -> str:
+        return f"{self.attack}__{self.batch:05d}.json"
+
+
+def plan_units(config: EvalConfig, n_images: int) -> list[Unit]:
+    n = min(config.n, n_images)
+    units = []
+    for attack in [CLEAN, *config.attacks]:
+        for b, start in enumerate(range(0, n, config.batch_size)):
+            units.append(Unit(attack, b, start, min(n, start + config.batch_size)))
+    return units
+
+
+def shard(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
+    """DistributedSampler semantics over units: every unit exactly once across ranks."""
+    return units[rank::world_size]
+
+
+AttackFactory = Callable[[str], "object"]
+
+
+@dataclass
+class Evaluation:
+    """Runs units for one purifier; ``attack_factory(spec)`` builds an attack object with
+    ``perturb(x, y, *, generator)`` and an ``adaptive`` flag."""
+
+    purifier: nn.Module
+    data: ImageSet
+    config: EvalConfig
+    out: Path
+    attack_factory: AttackFactory
+    progress: bool = True
+    _attacks: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        (self.out / "units").mkdir(parents=True, exist_ok=True)
+        settings = self.out / "config.json"
+        digest = self.config.digest()
+        if settings.exists():
+            previous = json.loads(settings.read_text())
+            if previous.get("digest") != digest:
+                raise ValueError(f"{self.out} holds results of another configuration "
+                                 f"(hash {previous.get('digest')} != {digest}); choose a new --out")
+        else:
+            # Every rank may get here first; the write is atomic and the content identical.
+            tmp = settings.with_name(f"config.json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"digest": digest, **asdict(self.config)}, indent=2))
+            tmp.replace(settings)
+
+    def attack(self, spec: str):
+        if spec not in self._attacks:
+            self._attacks[spec] = self.attack_factory(spec)
+        return self._attacks[spec]
+
+    def run(self, units: list[Unit]) -> None:
+        todo = [u for u in units if not (self.out / "units" / u.filename).exists()]
+        bar = tqdm(todo, desc="eval", disable=not self.progress, unit="batch")
+        for unit in bar:
+            bar.set_postfix(attack=unit.attack, images=f"{unit.start}-{unit.stop}")
+            records = self.run_unit(unit)
+            path = self.out / "units" / unit.filename
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"digest": self.config.digest(), "records": records}))
+            tmp.replace(path)  # a unit is either complete or absent: resume never reads half a file
+
+    def run_unit(self, unit: Unit) -> list[dict]:
+        device = next(self.purifier.classifier.parameters()).device
+        x = self.data.images[unit.start:unit.stop].to(device).float().div_(255)
+        y = self.data.labels[unit.start:unit.stop].to(device)
+        indices = torch.arange(unit.start, unit.stop)
+        defender = CounterRandom(self.config.seed, indices)
+        classifier = self.purifier.classifier
+        adaptive = False
+        if unit.attack == CLEAN:
+            x_in = x
+        else:
+            attack = self.attack(unit.attack)
+            adaptive = bool(getattr(attack, "adaptive", False))
+            attacker = CounterRandom(self.config.seed, indices)
+            if self.config.randomness == "eot":
+                attacker = attacker.fork(1)
+            x_in = attack.perturb(x, y, generator=attacker)
+        start = time.perf_counter()
+        result = self.purifier.purify(x_in, generator=defender, return_trace=True)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            standard = classifier(x_in).argmax(1) == y
+            purified = classifier(result.images).argmax(1) == y
+            loss_in = self.purifier.loss(x_in, generator=CounterRandom(self.config.seed, indices).fork(2))
+        return [{
+            "index": int(i), "label": int(label), "adaptive": adaptive,
+            "standard": bool(s), "purified": bool(p),
+            "loss": float(li), "loss_purified": float(lp),
+            "seconds": seconds / len(y),
+        } for i, label, s, p, li, lp in zip(indices, y, standard, purified, loss_in, result.loss_trace[-1])]
+
+
+def load_records(out: Path, config: EvalConfig) -> dict[str, list[dict]]:
+    """All finished units' records, per attack, sorted by image index."""
+    records: dict[str, list[dict]] = {}
+    for path in sorted((Path(out) / "units").glob("*.json")):
+        payload = json.loads(path.read_text())
+        if payload["digest"] != config.digest():
+            continue
+        attack = path.name.rsplit("__", 1)[0]
+        records.setdefault(attack, []).extend(payload["records"])
+    for rows in records.values():
+        rows.sort(key=lambda r: r["index"])
+    return records

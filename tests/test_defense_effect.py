@@ -1,0 +1,40 @@
+"""The paper's Fig. 2 effect on the shipped checkpoint: attacks raise L_s, purification lowers it."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyengine import Purifier
+from pyengine.attacks import PGD
+from pyengine.data import load_cifar10
+from pyengine.demo import DEFAULT_CHECKPOINT
+from pyengine.random import CounterRandom
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="module")
+def batch():
+    if not DATA.exists():
+        pytest.skip(f"CIFAR-10 copy not found at {DATA}")
+    data = load_cifar10(DATA, "test", limit=24)
+    return data.float_images(), data.labels
+
+
+def test_shipped_checkpoint_loads_with_head_and_bank():
+    purifier = Purifier.from_checkpoint(DEFAULT_CHECKPOINT)
+    assert purifier.objective.bank is not None and purifier.objective.bank.shape[1] == purifier.objective.head.out_features
+    assert "train-head" in purifier.manifest["head_training"]["command"]
+
+
+def test_attack_raises_contrastive_loss_and_purification_lowers_it(batch):
+    x, y = batch
+    purifier = Purifier.from_checkpoint(DEFAULT_CHECKPOINT, steps=10)
+    indices = torch.arange(len(y))
+    x_adv = PGD(purifier.classifier, eps=8 / 255, steps=5).perturb(x, y, generator=CounterRandom(0, indices))
+    # Average over several view draws: L_s is a random quantity.
+    loss = lambda t: torch.stack([purifier.loss(t, generator=CounterRandom(s, indices)) for s in range(4)]).mean(0)  # noqa: E731
+    clean, attacked = loss(x), loss(x_adv)
+    assert attacked.mean() > clean.mean()
+    purified = purifier.purify(x_adv, generator=CounterRandom(9, indices))
+    assert loss(purified).mean() < attacked.mean()

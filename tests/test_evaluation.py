@@ -1,0 +1,85 @@
+"""The evaluation runner: report, resume, sharding, figures."""
+import json
+
+import pytest
+import torch
+
+from pyengine import Purifier, create_model
+from pyengine.attacks import PGD
+from pyengine.data import ImageSet
+from pyengine.evaluation import EvalConfig, markdown_table, summarize
+from pyengine.evaluation.report import write_report
+from pyengine.evaluation.runner import Evaluation, load_records, plan_units, shard
+from pyengine.models import ContrastiveHead
+
+
+class StaticPGD:
+    adaptive = False
+
+    def __init__(self, model, eps):
+        self.pgd = PGD(model, eps=eps, step_size=eps / 2, steps=2)
+
+    def perturb(self, x, y, *, generator=None):
+        return self.pgd.perturb(x, y, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = create_model("preact_resnet_tiny")
+    purifier = Purifier(model, ContrastiveHead(model.num_features, 16, 8), steps=2, bank=torch.randn(16, 8))
+    gen = torch.Generator().manual_seed(0)
+    data = ImageSet((torch.rand(7, 3, 16, 16, generator=gen) * 255).to(torch.uint8), torch.randint(0, 10, (7,), generator=gen))
+    return purifier, data
+
+
+def run(purifier, data, config, out, units=None):
+    evaluation = Evaluation(purifier, data, config, out, lambda spec: StaticPGD(purifier.classifier, config.eps),
+                            progress=False)
+    evaluation.run(units if units is not None else plan_units(config, len(data)))
+    return load_records(out, config)
+
+
+def test_units_cover_every_image_once_across_shards():
+    config = EvalConfig(attacks=["a", "b"], n=7, batch_size=3)
+    units = plan_units(config, 100)
+    assert [(u.start, u.stop) for u in units if u.attack == "a"] == [(0, 3), (3, 6), (6, 7)]
+    merged = sorted(shard(units, 0, 2) + shard(units, 1, 2), key=lambda u: (u.attack, u.batch))
+    assert merged == sorted(units, key=lambda u: (u.attack, u.batch))
+
+
+def test_report_numbers_match_the_records_and_resume_gives_the_same_table(setup, tmp_path):
+    purifier, data = setup
+    config = EvalConfig(attacks=["pgd2"], n=7, batch_size=3)
+    full = run(purifier, data, config, tmp_path / "full")
+    summary = summarize(full, config)
+    assert summary["images"] == 7
+    expected = sum(r["purified"] for r in full["pgd2"]) / 7
+    assert summary["attacks"]["pgd2"]["purified"] == pytest.approx(expected)
+    table, results = write_report(tmp_path / "full", summary)
+    assert "| pgd2 |" in table.read_text() and json.loads(results.read_text())["images"] == 7
+
+    # An interrupted run: only the first shard's units, then the same command again.
+    units = plan_units(config, len(data))
+    run(purifier, data, config, tmp_path / "resumed", units=units[:2])
+    resumed = summarize(run(purifier, data, config, tmp_path / "resumed"), config)
+    assert resumed["attacks"] == summary["attacks"] and resumed["worst_case"] == summary["worst_case"]
+    table_rows = lambda s: [line for line in markdown_table(s).splitlines() if line.startswith("|")]  # noqa: E731
+    assert table_rows(resumed) == table_rows(summary)
+
+
+def test_results_do_not_depend_on_batch_size(setup, tmp_path):
+    purifier, data = setup
+    a = run(purifier, data, EvalConfig(attacks=["pgd2"], n=7, batch_size=7), tmp_path / "a")
+    b = run(purifier, data, EvalConfig(attacks=["pgd2"], n=7, batch_size=2), tmp_path / "b")
+    for attack in a:
+        assert [r["purified"] for r in a[attack]] == [r["purified"] for r in b[attack]]
+        for ra, rb in zip(a[attack], b[attack]):
+            assert ra["loss_purified"] == pytest.approx(rb["loss_purified"], abs=1e-5)
+
+
+def test_another_configuration_in_the_same_folder_is_refused(setup, tmp_path):
+    purifier, data = setup
+    run(purifier, data, EvalConfig(attacks=["pgd2"], n=3, batch_size=3), tmp_path)
+    with pytest.raises(ValueError, match="another configuration"):
+        run(purifier, data, EvalConfig(attacks=["pgd2"], n=3, batch_size=3, seed=1), tmp_path)
