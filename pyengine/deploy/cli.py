@@ -1,0 +1,99 @@
+"""``pyengine export ...``: ONNX export, TensorRT plans and the TensorRT compatibility check.
+
+A thin layer over :mod:`pyengine.deploy`; hooked into the main parser by ``register``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _cmd_onnx(args) -> int:
+    from ..purify import Purifier
+    from .onnx_export import export_onnx, sidecar_path
+    from .trt_compat import check_model
+
+    kwargs = {} if args.eps_v is None else {"eps": args.eps_v}
+    purifier = Purifier.from_checkpoint(args.checkpoint, steps=args.steps, **kwargs)
+    size = tuple(args.image_size) if args.image_size else None
+    path = export_onnx(purifier, args.out, args.steps, args.batch, opset=args.opset,
+                       unrolled=not args.one_step, image_size=size)
+    form = "one step (the runtime calls it K times)" if args.one_step else f"{args.steps} unrolled steps"
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {form}, batch {args.batch}, opset {args.opset}) "
+          f"and {sidecar_path(path)}")
+    if args.opset <= 17:
+        report = check_model(path, "8.5")
+        print(report.summary().splitlines()[0])
+    return 0
+
+
+def _cmd_tensorrt(args) -> int:
+    from .tensorrt import build_engine
+
+    plan = build_engine(args.onnx, args.out, fp16=args.fp16, workspace_gib=args.workspace_gib)
+    print(f"wrote {plan} ({'fp16 classifier, fp32 purification' if args.fp16 else 'fp32'})")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from .trt_compat import available_versions, check_model
+
+    versions = available_versions() if args.trt == "all" else [args.trt]
+    ok = True
+    for version in versions:
+        report = check_model(args.onnx, version)
+        print(report.summary() if args.verbose or not report.ok else report.summary().splitlines()[0])
+        ok &= report.ok
+    return 0 if ok else 1
+
+
+def register(subparsers) -> None:
+    """Add ``export {onnx,tensorrt,check}`` to the main CLI's subparsers."""
+    export = subparsers.add_parser("export", help="export the defended classifier to ONNX / TensorRT")
+    sub = export.add_subparsers(dest="export_command", required=True)
+
+    p = sub.add_parser("onnx", help="purify (K steps with explicit gradients) + classify as one ONNX model")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=10, help="K: purification steps (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="N, fixed in the graph (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=17, help="13..18; TensorRT 8.5/8.6 read up to 17 (default: %(default)s)")
+    p.add_argument("--one-step", action="store_true", help="export one step that the runtime calls K times")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="default: the architecture's input size")
+    p.add_argument("--eps-v", type=float, default=None, help="purification radius (default: the engine's 16/255)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("tensorrt", help="build a TensorRT plan from an exported ONNX model (needs TensorRT)")
+    p.add_argument("--onnx", type=Path, required=True)
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 classifier; the purification stays fp32")
+    precision.add_argument("--fp32", action="store_true", help="everything fp32 (default)")
+    p.add_argument("--workspace-gib", type=float, default=2.0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("check", help="check an ONNX model against TensorRT's supported ONNX operators")
+    p.add_argument("--onnx", type=Path, required=True)
+    p.add_argument("--trt", default="8.6", help="TensorRT version (8.5, 8.6, 10.3) or 'all' (default: %(default)s)")
+    p.add_argument("--verbose", "-v", action="store_true", help="list ops and notes even when compatible")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    """Dispatch ``export`` subcommands; expected failures print one line to stderr and exit non-zero."""
+    from .tensorrt import TensorRTUnavailable
+
+    try:
+        code = _DISPATCH[args.export_command](args)
+    except TensorRTUnavailable as err:
+        print(f"pyengine export {args.export_command}: {err}", file=sys.stderr)
+        code = 3
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
+        print(f"pyengine export {args.export_command}: error: {err}", file=sys.stderr)
+        code = 2
+    if code:
+        raise SystemExit(code)
+
+
+_DISPATCH = {"onnx": _cmd_onnx, "tensorrt": _cmd_tensorrt, "check": _cmd_check}

@@ -1,0 +1,74 @@
+"""Input gradients as forward graphs: ``make_fx`` of ``torch.func.grad`` with backward ops lowered.
+
+Neither ONNX exporter can export ``torch.autograd.grad``, and tracing ``torch.func.grad``
+with ``make_fx`` leaves ``aten.convolution_backward`` in the graph, which has no ONNX
+translation. Tracing with a decomposition that rewrites the input half of a convolution
+backward as a transposed convolution (same weights, ``output_padding`` chosen to give back
+the input size) yields a graph of ordinary forward ops whose numbers are autograd's own,
+including its conventions at ties (clamp boundaries, ReLU at 0). Weight and bias
+gradients are never needed: purification differentiates with respect to the input only.
+
+Why not hand-written VJP modules: they must be written (and kept exactly consistent with
+autograd's tie conventions) for every layer type of every architecture and objective;
+this lowering covers any model built from convolutions and ops with aten decompositions.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch._decomp import decomposition_table
+from torch.fx.experimental.proxy_tensor import make_fx
+
+aten = torch.ops.aten
+
+
+def _convolution_backward(grad_out, input, weight, bias_sizes, stride, padding, dilation, transposed,
+                          output_padding, groups, output_mask):
+    if transposed or output_mask[1] or output_mask[2]:
+        raise NotImplementedError("export lowers the input gradient of ordinary convolutions only; got a "
+                                  "transposed convolution or a weight/bias gradient (are the model's "
+                                  "parameters frozen with requires_grad_(False)?)")
+    spatial = input.dim() - 2
+    if len(stride) == 1:
+        stride, padding, dilation = [stride[0]] * spatial, [padding[0]] * spatial, [dilation[0]] * spatial
+    pad_out = []
+    for d in range(spatial):
+        k = weight.shape[2 + d]
+        covered = (grad_out.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k - 1) + 1
+        pad_out.append(input.shape[2 + d] - covered)
+    grad_in = aten.convolution.default(grad_out, weight, None, list(stride), list(padding), list(dilation),
+                                       True, pad_out, groups)
+    return grad_in, None, None
+
+
+def _backward_decompositions() -> dict:
+    """Every aten ``*_backward`` op with a decomposition (threshold, batch norm, softmax, ...),
+    plus the convolution rule above."""
+    table = {op: fn for op, fn in decomposition_table.items() if "backward" in str(op)}
+    table[aten.convolution_backward.default] = _convolution_backward
+    return table
+
+
+DECOMPOSITIONS = _backward_decompositions()
+
+
+def input_gradient(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss(x, *rest) -> Tensor[N]`` -> ``grad(x, *rest)``: d(sum of the losses)/dx."""
+    return torch.func.grad(lambda x, *rest: loss(x, *rest).sum())
+
+
+def lower(fn: Callable[..., torch.Tensor], example_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
+    """Trace ``fn`` (which may call ``torch.func.grad``) into a GraphModule with no backward ops left.
+
+    Shapes are static: the graph is valid for inputs shaped like ``example_inputs``. Module
+    parameters and buffers that ``fn`` reads become constants of the graph.
+    """
+    with torch.no_grad():
+        graph = make_fx(fn, decomposition_table=DECOMPOSITIONS, tracing_mode="real")(*example_inputs)
+    left = sorted({str(n.target) for n in graph.graph.nodes
+                   if n.op == "call_function" and "backward" in str(n.target)})
+    if left:
+        raise NotImplementedError(f"backward ops without a forward lowering remain in the graph: {left}; "
+                                  "add a decomposition to pyengine.deploy.lowering.DECOMPOSITIONS")
+    return graph
