@@ -10,5 +10,6 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
 "$PYTHON" -m pip install -q -r requirements.txt
+"$PYTHON" -m pip install -q --no-deps torchattacks==3.5.1
 MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" -m pip install -q --no-build-isolation --no-deps -e .
 "$PYTHON" -c "import pyengine.ops as ops; assert ops.extension_loaded(), 'pyengine._C did not build'; print('pyengine: extension built, CUDA kernels:', ops.cuda_kernels_built())"
