@@ -62,7 +62,7 @@ def _pct(value: float) -> str:
 def markdown_table(summary: dict) -> str:
     lines = [
         f"Images: {summary['images']} · eps {summary['config']['eps']:.4f} ({summary['config']['norm']}) · "
-        f"randomness: {summary['config']['randomness']} · seed {summary['config']['seed']} · "
+        f"seed {summary['config']['seed']} · "
         f"config {summary['config']['digest']}",
         "",
         "| attack | Standard | Purified (static attack) | Purified (adaptive attack) | L_s attacked → purified |",

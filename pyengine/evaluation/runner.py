@@ -6,10 +6,10 @@ skipped, so a killed run resumes where it stopped, and several processes can sha
 units of one run (``shard``) with rank 0 merging the files into the report.
 
 Randomness is counter-based (:class:`~pyengine.random.CounterRandom`): the defender's
-draws for an image come from ``(seed, image index)``, the attacker's from the same seed
-("deterministic": attacker and defender see the same draws) or from a derived one
-("eot": fresh draws). Results therefore do not depend on the batch size or the number
-of processes.
+draws for an image come from ``(seed, image index)``, and every attack receives that same
+stream; an attack spec decides whether it replays the defender's draws (deterministic
+evaluation) or forks fresh ones (``-eot`` specs). Results therefore do not depend on the
+batch size or the number of processes.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from ..data import ImageSet
 from ..random import CounterRandom
 
 CLEAN = "clean"
-RANDOMNESS = ("deterministic", "eot")
 
 
 @dataclass
@@ -40,12 +39,9 @@ class EvalConfig:
     n: int = 1000
     batch_size: int = 100
     seed: int = 0
-    randomness: str = "deterministic"
     checkpoint: str = ""
 
     def __post_init__(self):
-        if self.randomness not in RANDOMNESS:
-            raise ValueError(f"randomness must be one of {RANDOMNESS}, got {self.randomness!r}")
         if self.n < 1 or self.batch_size < 1:
             raise ValueError(f"n and batch_size must be >= 1, got n={self.n}, batch_size={self.batch_size}")
         if not 0 < self.eps <= 1:
@@ -144,10 +140,7 @@ class Evaluation:
         else:
             attack = self.attack(unit.attack)
             adaptive = bool(getattr(attack, "adaptive", False))
-            attacker = CounterRandom(self.config.seed, indices)
-            if self.config.randomness == "eot":
-                attacker = attacker.fork(1)
-            x_in = attack.perturb(x, y, generator=attacker)
+            x_in = attack.perturb(x, y, generator=CounterRandom(self.config.seed, indices))
         start = time.perf_counter()
         result = self.purifier.purify(x_in, generator=defender, return_trace=True)
         seconds = time.perf_counter() - start
