@@ -48,9 +48,9 @@ class EvalConfig:
             raise ValueError(f"eps must lie in (0, 1], got {self.eps}")
 
     def digest(self) -> str:
-        """Hash of everything that changes the numbers (batch size does not)."""
-        relevant = {k: v for k, v in asdict(self).items() if k != "batch_size"}
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings. The numbers do not depend on the batch size, but the unit
+        files do, so a resume with another batch size is refused rather than mixed."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -1,0 +1,286 @@
+"""``pyengine purify``: purify a folder or zip of images in batches, on one or many processes.
+
+Input: every ``*.png|jpg|jpeg`` under a folder or inside a zip, at any depth (hidden files
+and ``__MACOSX`` folders skipped), sorted by relative path. Image ``i`` of that list draws
+its randomness from ``CounterRandom(seed, [i])`` (random start and views of Algorithm 1),
+never from its batch or process rank. Every image must have the size the model takes.
+When every image sits in a folder named after a CIFAR-10 class (``.../cat/0001.png``), the
+folder name is its label and the accuracy is reported.
+
+Output under ``out``:
+
+- ``images/<relative path>.png``: the purified images, rounded to 8 bits (predictions are
+  made on the unrounded images);
+- ``predictions.csv``: ``path, prediction[, label], loss_before, loss_after`` (L_s, Eq. 4
+  of Mao et al., before and after purification), one row per image, sorted by path;
+- ``summary.json``: counts, accuracy, mean L_s;
+- ``parts/batch_NNNNN.json``: one file per finished batch, written atomically; a rerun of
+  the same command skips them, so a killed run resumes. ``config.json`` refuses a rerun
+  with other settings in the same folder.
+
+Under torchrun the batches are sharded across ranks like ``pyengine eval``'s units
+(:func:`pyengine.evaluation.runner.shard`) and rank 0 merges the part files after a barrier.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .data import CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, _decode
+from .distributed import barrier
+from .evaluation.runner import shard
+from .random import CounterRandom
+
+
+def _hidden(name: str) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(name).parts)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The images of a folder or zip: ``paths`` relative (POSIX), sorted; ``labels`` CIFAR-10
+    class indices when every image's parent folder is a class name, else None."""
+
+    location: Path
+    paths: tuple[str, ...]
+    labels: tuple[int, ...] | None
+
+    @classmethod
+    def open(cls, location: str | Path) -> "ImageSource":
+        location = Path(location).expanduser()
+        if not location.exists():
+            raise DataError(f"image source not found: {location}")
+        if location.is_file():
+            if not zipfile.is_zipfile(location):
+                raise DataError(f"{location} is a file but not a zip archive")
+            try:
+                with zipfile.ZipFile(location) as zf:
+                    names = [n for n in zf.namelist() if not n.endswith("/")]
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+                raise DataError(f"corrupt zip archive {location}: {err}") from err
+        else:
+            names = [p.relative_to(location).as_posix() for p in location.rglob("*") if p.is_file()]
+        candidates = sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
+        for path in candidates:
+            pure = PurePosixPath(path)
+            if pure.is_absolute() or ".." in pure.parts or (location.is_file() and "\\" in path):
+                raise DataError(f"{location}: member {path!r} would be written outside the output folder "
+                                "(absolute path, '..' or backslash); refusing to read this archive")
+        paths = tuple(n for n in candidates if not _hidden(n))
+        if not paths:
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {location}")
+        outputs: dict[str, str] = {}
+        for path in paths:
+            target = output_name(path)
+            if target in outputs:
+                raise DataError(f"{location}: {outputs[target]!r} and {path!r} would both be written as {target!r}")
+            outputs[target] = path
+        parents = [PurePosixPath(p).parent.name for p in paths]
+        labels = (tuple(CIFAR10_CLASSES.index(c) for c in parents)
+                  if all(c in CIFAR10_CLASSES for c in parents) else None)
+        return cls(location, paths, labels)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def is_zip(self) -> bool:
+        return self.location.is_file()
+
+    def where(self, i: int) -> str:
+        return f"{self.location}:{self.paths[i]}" if self.is_zip else str(self.location / self.paths[i])
+
+    def check_sizes(self, expected: tuple[int, int] | None) -> tuple[int, int]:
+        """Read every header; raise DataError naming the first image whose (H, W) differs from
+        ``expected`` (None: from the first image). Returns the common (H, W)."""
+        what = "the model takes"
+        if expected is None:
+            what = f"the first image ({self.paths[0]}) has"
+        zf = zipfile.ZipFile(self.location) if self.is_zip else None
+        try:
+            for i, path in enumerate(self.paths):
+                try:
+                    stream = zf.open(path) if zf is not None else open(self.location / path, "rb")
+                    with stream, Image.open(stream) as im:
+                        w, h = im.size
+                except (UnidentifiedImageError, OSError, SyntaxError, zipfile.BadZipFile, zlib.error) as err:
+                    raise DataError(f"corrupt image file {self.where(i)}: {err}") from err
+                if expected is None:
+                    expected = (h, w)
+                if (h, w) != tuple(expected):
+                    raise DataError(f"{self.where(i)} is {w}x{h} pixels but {what} {expected[1]}x{expected[0]}; "
+                                    "resize the images first")
+        finally:
+            if zf is not None:
+                zf.close()
+        return tuple(expected)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Images ``start:stop`` as uint8 Tensor[N, 3, H, W]."""
+        if self.is_zip:
+            with zipfile.ZipFile(self.location) as zf:
+                raw = [zf.read(self.paths[i]) for i in range(start, stop)]
+        else:
+            raw = [(self.location / self.paths[i]).read_bytes() for i in range(start, stop)]
+        return torch.from_numpy(np.stack([_decode(r, self.where(start + k)) for k, r in enumerate(raw)]))
+
+
+def output_name(path: str) -> str:
+    """Where the purified image of ``path`` goes, relative to ``<out>/images``."""
+    return str(PurePosixPath(path).with_suffix(".png"))
+
+
+def model_input_size(purifier) -> tuple[int, int] | None:
+    """(H, W) of a registered architecture, None for other classifiers."""
+    from .models import model_config
+
+    name = getattr(purifier.classifier, "model_name", None)
+    if name is None:
+        return None
+    try:
+        return tuple(model_config(name).input_size[1:])
+    except ValueError:
+        return None
+
+
+def purify_images(purifier, source: str | Path | ImageSource, out: str | Path, *, batch_size: int = 100,
+                  seed: int = 0, rank: int = 0, world_size: int = 1, settings: dict | None = None,
+                  progress: bool = True) -> dict | None:
+    """Purify (this rank's share of) ``source`` into ``out``; rank 0 then merges every rank's
+    batches into ``predictions.csv`` and ``summary.json``. Returns the summary on rank 0, None
+    elsewhere. ``settings`` (e.g. the checkpoint path) join the configuration hash that
+    guards ``out`` against mixing runs.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size), got rank={rank}, world_size={world_size}")
+    source = source if isinstance(source, ImageSource) else ImageSource.open(source)
+    source.check_sizes(model_input_size(purifier))
+    out = Path(out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(json.dumps({
+        "files": source.paths, "batch_size": batch_size, "seed": seed,
+        "purifier": purifier.extra_repr(), **(settings or {}),
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    _claim(out, digest, {"source": str(source.location), "images": len(source), "batch_size": batch_size,
+                         "seed": seed, **(settings or {})})
+
+    n = len(source)
+    batches = [(b, start, min(n, start + batch_size)) for b, start in enumerate(range(0, n, batch_size))]
+    todo = [b for b in shard(batches, rank, world_size) if _part(out, b[0], digest) is None]
+    for b, start, stop in tqdm(todo, desc="purify", unit="batch", disable=not progress or rank != 0):
+        rows = _purify_batch(purifier, source, start, stop, seed, out / "images")
+        _write_atomic(_part_path(out, b), json.dumps({"digest": digest, "rows": rows}))
+    barrier()
+    if rank != 0:
+        return None
+    return _merge(out, source, batches, digest)
+
+
+def _claim(out: Path, digest: str, config: dict) -> None:
+    settings = out / "config.json"
+    if settings.exists():
+        previous = json.loads(settings.read_text())
+        if previous.get("digest") != digest:
+            raise DataError(f"{out} holds results of another configuration (hash {previous.get('digest')} != "
+                            f"{digest}: other images, checkpoint, steps, eps_v, seed or batch size); "
+                            "choose a new --out")
+    else:
+        # Every rank may get here first; the write is atomic and the content identical.
+        _write_atomic(settings, json.dumps({"digest": digest, **config}, indent=2, default=str))
+
+
+def _purify_batch(purifier, source: ImageSource, start: int, stop: int, seed: int, image_dir: Path) -> list[dict]:
+    device = next(purifier.classifier.parameters()).device
+    x = source.read(start, stop).to(device).float().div_(255)
+    indices = torch.arange(start, stop)
+    result = purifier.purify(x, generator=CounterRandom(seed, indices), return_trace=True)
+    with torch.no_grad():
+        logits = purifier.classifier(result.images)
+    before = purifier.loss(x, generator=CounterRandom(seed, indices).fork(2))
+    pixels = result.images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    rows = []
+    for k, i in enumerate(range(start, stop)):
+        target = image_dir / output_name(source.paths[i])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[k]).save(buffer, format="PNG")
+        _write_atomic(target, buffer.getvalue())
+        row = {"path": source.paths[i], "prediction": _class_name(int(logits[k].argmax()), logits.shape[1]),
+               "loss_before": float(before[k]), "loss_after": float(result.loss_trace[-1, k])}
+        if source.labels is not None:
+            row["label"] = CIFAR10_CLASSES[source.labels[i]]
+        rows.append(row)
+    return rows
+
+
+def _merge(out: Path, source: ImageSource, batches: list, digest: str) -> dict:
+    rows, missing = [], []
+    for b, _, _ in batches:
+        part = _part(out, b, digest)
+        if part is None:
+            missing.append(_part_path(out, b).name)
+        else:
+            rows.extend(part)
+    if missing:
+        raise RuntimeError(f"purification incomplete, missing batches: {missing[:5]} (+{max(0, len(missing) - 5)})")
+    rows.sort(key=lambda r: r["path"])
+    labelled = source.labels is not None
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "prediction", *(["label"] if labelled else []), "loss_before", "loss_after"])
+    for r in rows:
+        writer.writerow([r["path"], r["prediction"], *([r["label"]] if labelled else []),
+                         f"{r['loss_before']:.6f}", f"{r['loss_after']:.6f}"])
+    _write_atomic(out / "predictions.csv", text.getvalue())
+    summary = {
+        "images": len(rows),
+        "accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows) if labelled else None,
+        "loss_before": sum(r["loss_before"] for r in rows) / len(rows),
+        "loss_after": sum(r["loss_after"] for r in rows) / len(rows),
+        "predictions": str(out / "predictions.csv"),
+        "images_dir": str(out / "images"),
+        "digest": digest,
+    }
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _class_name(k: int, num_classes: int) -> str:
+    return CIFAR10_CLASSES[k] if num_classes == len(CIFAR10_CLASSES) else str(k)
+
+
+def _part_path(out: Path, batch: int) -> Path:
+    return out / "parts" / f"batch_{batch:05d}.json"
+
+
+def _part(out: Path, batch: int, digest: str) -> list[dict] | None:
+    """The rows of a finished batch of this configuration, or None."""
+    path = _part_path(out, batch)
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    return payload["rows"] if payload.get("digest") == digest else None
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    # A file is either complete or absent: a killed run never leaves half a part or image.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    tmp.replace(path)
