@@ -23,6 +23,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _add_purifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps-v", type=parse_fraction, default=None,
+                   help="purification radius (default: 16/255 for contrastive checkpoints; SOAP's min-aux picks its own)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="purification steps (default: K=40 contrastive, T=5 SOAP)")
+
+
 def _cmd_train_classifier(args) -> None:
     from .data import load_cifar10
     from .models import create_model
@@ -64,17 +71,17 @@ def _cmd_train_head(args) -> None:
 def _cmd_demo(args) -> None:
     from .data import load_cifar10
     from .demo import DEFAULT_CHECKPOINT, run_demo
-    from .purify import Purifier
+    from .loading import load_purifier
 
     torch_threads(args)
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    purifier = Purifier.from_checkpoint(checkpoint, steps=args.steps, eps=args.eps_v)
+    purifier = load_purifier(checkpoint, steps=args.steps, eps_v=args.eps_v)
     data = load_cifar10(args.data, "test", limit=args.n)
     name = purifier.manifest["architecture"]
     print(f"pyengine demo: {name} from {checkpoint}\n"
           f"{len(data)} CIFAR-10 test images from {args.data}; attack: PGD-{args.attack_steps} L-inf "
-          f"eps {args.eps:.4f} on the undefended classifier (static); purification: K={args.steps}, "
-          f"eps_v {args.eps_v:.4f}, {purifier.objective.views.n_views} views, bank negatives")
+          f"eps {args.eps:.4f} on the undefended classifier (static)\n"
+          f"purification: {type(purifier.objective).__name__}, {purifier.extra_repr()}")
     result = run_demo(purifier, data, attack_eps=args.eps, attack_steps=args.attack_steps,
                       batch_size=args.batch_size, seed=args.seed)
     print(result.table())
@@ -85,18 +92,19 @@ def _cmd_eval(args) -> None:
     from .data import load_cifar10
     from .demo import DEFAULT_CHECKPOINT
     from .evaluation import EvalConfig, evaluate, markdown_table
-    from .purify import Purifier
+    from .loading import load_purifier
 
     from .distributed import world
 
     torch_threads(args)
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    config = EvalConfig(attacks=[a for a in args.attacks.split(",") if a], eps=args.eps, norm=args.norm,
-                        n=args.n, batch_size=args.batch_size, seed=args.seed, randomness=args.randomness,
-                        checkpoint=str(checkpoint))
+    from .attacks import expand_specs
+
+    config = EvalConfig(attacks=expand_specs(args.attacks), eps=args.eps, norm=args.norm,
+                        n=args.n, batch_size=args.batch_size, seed=args.seed, checkpoint=str(checkpoint))
     data = load_cifar10(args.data, "test", limit=args.n)
     with world(args.device) as w:
-        purifier = Purifier.from_checkpoint(checkpoint, map_location=w.device, steps=args.steps, eps=args.eps_v)
+        purifier = load_purifier(checkpoint, map_location=w.device, steps=args.steps, eps_v=args.eps_v)
         summary = evaluate(purifier, data, config, args.out, rank=w.rank, world_size=w.world_size,
                            figure_images=args.figures, manifest=purifier.manifest)
     if summary is None:
@@ -105,6 +113,24 @@ def _cmd_eval(args) -> None:
     print(f"report: {args.out / 'table.md'}, {args.out / 'results.json'}"
           + (f", figures in {args.out / 'figures'}" if args.figures else ""))
 
+
+def _cmd_purify(args) -> None:
+    from .batch import purify_images
+    from .demo import DEFAULT_CHECKPOINT
+    from .distributed import world
+    from .loading import load_purifier
+
+    torch_threads(args)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    with world(args.device) as w:
+        purifier = load_purifier(checkpoint, map_location=w.device, steps=args.steps, eps_v=args.eps_v)
+        summary = purify_images(purifier, args.input, args.out, batch_size=args.batch_size, seed=args.seed,
+                                rank=w.rank, world_size=w.world_size, settings={"checkpoint": str(checkpoint)})
+    if summary is None:
+        return
+    accuracy = "" if summary["accuracy"] is None else f", accuracy {summary['accuracy']:.1%}"
+    print(f"{summary['images']} images purified{accuracy}; mean L_s {summary['loss_before']:.4f} -> "
+          f"{summary['loss_after']:.4f}\npredictions: {summary['predictions']}, images in {summary['images_dir']}")
 
 def torch_threads(args) -> None:
     if getattr(args, "threads", None):
@@ -121,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule")
+    p.add_argument("--lr", type=float, default=0.2, help="peak of the one-cycle schedule, or the start of 'step'")
     p.add_argument("--adversarial", choices=("none", "fgsm"), default="none")
     p.add_argument("--eps", type=parse_fraction, default=8 / 255)
     p.add_argument("--aux", choices=("rotation", "consistency", "reconstruction"), default=None,
@@ -164,8 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--eps", type=parse_fraction, default=8 / 255, help="attack radius (L-inf)")
     p.add_argument("--attack-steps", type=int, default=10)
-    p.add_argument("--eps-v", type=parse_fraction, default=16 / 255, help="purification radius")
-    p.add_argument("--steps", type=int, default=40, help="purification steps K")
+    _add_purifier_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     _add_data_args(p)
@@ -174,15 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="static and adaptive attacks on the purified classifier: table, JSON, figures")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
     p.add_argument("--attacks", default="pgd50,bpda-pgd50,transfer-pgd50",
-                   help="comma-separated attack specs (see pyengine.attacks.build_attack)")
+                   help="comma-separated attack specs; 'adaptive' adds the adaptive suite "
+                        "(grammar: pyengine.attacks.suite)")
     p.add_argument("--eps", type=parse_fraction, default=8 / 255)
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    p.add_argument("--n", type=int, default=1000)
+    # --num-images: torchrun's own parser takes a bare --n for an abbreviation of --nnodes.
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="number of test images")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--eps-v", type=parse_fraction, default=16 / 255)
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--randomness", choices=("deterministic", "eot"), default="deterministic",
-                   help="deterministic: attacker and defender share random draws; eot: fresh draws")
+    _add_purifier_args(p)
     p.add_argument("--figures", type=int, default=0, metavar="N",
                    help="also draw the papers' figures on the first N images (0: none)")
     p.add_argument("--out", type=Path, required=True)
@@ -191,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     _add_data_args(p)
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("purify", help="purify a folder or zip of images: purified PNGs and predictions.csv")
+    p.add_argument("input", type=Path, help="folder or zip of *.png/*.jpg/*.jpeg at any depth; <class>/<file> "
+                                            "with CIFAR-10 class names adds labels and accuracy")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
+    p.add_argument("--out", type=Path, required=True,
+                   help="writes images/<path>.png, predictions.csv, summary.json; rerun to resume")
+    p.add_argument("--batch-size", type=int, default=100)
+    _add_purifier_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda under torchrun when present)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_purify)
+    from .deploy.cli import register as register_export
+    register_export(sub)
     return parser
 
 

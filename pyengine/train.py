@@ -31,6 +31,15 @@ class ClassifierTrainConfig:
     adversarial: str = "none"  # "none" or "fgsm" (FGSM with random start, Wong et al. 2020)
     eps: float = 8 / 255
     seed: int = 0
+    # SOAP joint training (Eq. 2 of Shi et al.): "rotation", "consistency", "reconstruction" or None.
+    aux: str | None = None
+    alpha: float | None = None  # weight of the auxiliary loss; None: the paper's value for the task
+    noise_sigma: float | None = None  # Gaussian input corruption; None: the paper's value for the task
+    schedule: str = "onecycle"  # or "step": lr x0.1 at 1/2 and 3/4 of the epochs (the paper's 100/150 of 200)
+
+
+_AUX_FIELDS = ("aux", "alpha", "noise_sigma")
+SCHEDULES = ("onecycle", "step")
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -52,6 +61,39 @@ def _one_cycle(step: int, total: int, peak: float) -> float:
     """Triangular schedule of "Fast is better than free": 0 -> peak at 40% -> 0."""
     t = step / max(total, 1)
     return peak * (t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6))
+
+
+def _step_decay(epoch: int, epochs: int, base: float) -> float:
+    """The paper's schedule: base, x0.1 from half the epochs, x0.01 from three quarters."""
+    return base * 0.1 ** ((epoch >= epochs / 2) + (epoch >= epochs * 3 / 4))
+
+
+def _aux_setup(model: nn.Module, config: ClassifierTrainConfig, head: nn.Module | None):
+    """Resolve the SOAP settings: (objective, head, alpha, sigma), or Nones without ``aux``."""
+    if config.aux is None:
+        if head is not None:
+            raise ValueError("aux_head was given but config.aux is None")
+        return None, None, None, None
+    from .models.aux_heads import build_aux_head
+    from .soap import TASK_DEFAULTS, make_objective
+
+    if config.aux not in TASK_DEFAULTS:
+        raise ValueError(f"config.aux must be None or one of {', '.join(TASK_DEFAULTS)}, got {config.aux!r}")
+    if config.adversarial != "none":
+        raise ValueError("SOAP joint training (config.aux) is not combined with adversarial training; "
+                         f"got adversarial={config.adversarial!r}")
+    defaults = TASK_DEFAULTS[config.aux]
+    alpha = defaults["alpha"] if config.alpha is None else config.alpha
+    sigma = defaults["noise_sigma"] if config.noise_sigma is None else config.noise_sigma
+    if not alpha >= 0:
+        raise ValueError(f"config.alpha must be >= 0, got {alpha!r}")
+    if not 0 <= sigma <= 10:
+        raise ValueError(f"config.noise_sigma must lie in [0, 10], got {sigma!r}")
+    if head is None:
+        head = build_aux_head(config.aux, model.num_features)
+    if head is not None:
+        head = head.to(next(model.parameters()).device)
+    return make_objective(config.aux, model, head), head, float(alpha), float(sigma)
 
 
 def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -81,55 +123,107 @@ def _resume_path(out: Path) -> Path:
 
 def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config: ClassifierTrainConfig,
                      *, test: ImageSet | None = None, manifest: dict | None = None,
-                     progress: bool = True) -> dict:
-    """Train ``model`` in place and save it to ``out``; returns the final metrics."""
+                     progress: bool = True, aux_head: nn.Module | None = None) -> dict:
+    """Train ``model`` in place and save it to ``out``; returns the final metrics.
+
+    With ``config.aux`` set, trains SOAP's Eq. 2 jointly: cross-entropy + alpha * L_aux on
+    Gaussian-corrupted inputs (:mod:`pyengine.soap.objectives`), with ``aux_head`` (default:
+    a head of the task's default sizes) trained alongside and saved as ``aux.<task>``.
+    Rotation and reconstruction batches get the usual crop and flip first; label
+    consistency draws its own crops and flips, as the authors' code. Metrics then also
+    hold the last epoch's mean ``train_cls_loss`` and ``train_aux_loss``.
+    """
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+    objective, head, alpha, sigma = _aux_setup(model, config, aux_head)
     out = Path(out)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.SGD(params, lr=0.0, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = config.epochs * steps_per_epoch
-    start_epoch = _maybe_resume(out, model, opt, gen)
+    start_epoch = _maybe_resume(out, model, opt, gen, head)
+    aux_metrics = {}
     for epoch in range(start_epoch, config.epochs):
         model.train()
+        if head is not None:
+            head.train()
         bar = tqdm(train.batches(config.batch_size, shuffle=True, generator=gen), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         seen = correct = 0
+        sums = [0.0, 0.0]
         for i, (x, y) in enumerate(bar):
             for group in opt.param_groups:
-                group["lr"] = _one_cycle(epoch * steps_per_epoch + i, total, config.lr)
-            x = random_crop_flip(x, gen)
-            if config.adversarial == "fgsm":
-                x = _fgsm_rs(model, x, y, config.eps, gen)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+                group["lr"] = (_one_cycle(epoch * steps_per_epoch + i, total, config.lr)
+                               if config.schedule == "onecycle" else _step_decay(epoch, config.epochs, config.lr))
+            if objective is None:
+                x = random_crop_flip(x, gen)
+                if config.adversarial == "fgsm":
+                    x = _fgsm_rs(model, x, y, config.eps, gen)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            else:
+                if config.aux != "consistency":
+                    x = random_crop_flip(x, gen)
+                cls_loss, aux_loss, logits = objective.training_losses(x, y, noise_sigma=sigma, generator=gen)
+                loss = cls_loss + alpha * aux_loss
+                sums[0] += cls_loss.item() * len(y)
+                sums[1] += aux_loss.item() * len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}")
-        torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state()}, _resume_path(out))
+        state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "generator": gen.get_state()}
+        if head is not None:
+            state["aux_head"] = head.state_dict()
+        torch.save(state, _resume_path(out))
+        if objective is not None:
+            aux_metrics = {"train_cls_loss": sums[0] / max(seen, 1), "train_aux_loss": sums[1] / max(seen, 1)}
         if progress:
             msg = f"epoch {epoch + 1}: train acc {correct / max(seen, 1):.4f}"
+            if objective is not None:
+                msg += (f", cls loss {aux_metrics['train_cls_loss']:.4f}, "
+                        f"{config.aux} loss {aux_metrics['train_aux_loss']:.4f}")
             if test is not None:
                 msg += f", test acc {evaluate_accuracy(model, test):.4f}"
             tqdm.write(msg)
     metrics = {"test_accuracy": evaluate_accuracy(model, test)} if test is not None else {}
-    save_checkpoint(out, model.eval(), training={"command": command_line(), **asdict(config)},
-                    metrics=metrics, **(manifest or {}))
+    training = {"command": command_line(), **asdict(config)}
+    extra = dict(manifest or {})
+    aux_parts = None
+    if objective is None:
+        for key in _AUX_FIELDS:
+            training.pop(key)
+        if config.schedule == "onecycle":
+            training.pop("schedule")  # manifests of plain training stay as they were
+    else:
+        from .soap import aux_manifest
+
+        metrics.update(aux_metrics)
+        training.update(alpha=alpha, noise_sigma=sigma)
+        extra.update(aux_manifest(config.aux, alpha, sigma, head))
+        aux_parts = {config.aux: head.eval()} if head is not None else None
+    save_checkpoint(out, model.eval(), aux=aux_parts, training=training, metrics=metrics, **extra)
     _resume_path(out).unlink(missing_ok=True)
     return metrics
 
 
-def _maybe_resume(out: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+def _maybe_resume(out: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                  aux_head: nn.Module | None = None) -> int:
     path = _resume_path(out)
     if not path.is_file():
         return 0
     state = torch.load(path, weights_only=True)
     model.load_state_dict(state["model"])
+    if aux_head is not None:
+        if "aux_head" not in state:
+            raise ValueError(f"{path} was written without an auxiliary head; delete it to train from scratch")
+        aux_head.load_state_dict(state["aux_head"])
     opt.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
     tqdm.write(f"resuming {out} from epoch {state['epoch']}")

@@ -83,3 +83,17 @@ def test_another_configuration_in_the_same_folder_is_refused(setup, tmp_path):
     run(purifier, data, EvalConfig(attacks=["pgd2"], n=3, batch_size=3), tmp_path)
     with pytest.raises(ValueError, match="another configuration"):
         run(purifier, data, EvalConfig(attacks=["pgd2"], n=3, batch_size=3, seed=1), tmp_path)
+
+
+def test_soap_min_aux_reports_an_oracle_column_that_bounds_min_aux(setup, tmp_path):
+    from pyengine.soap import ConsistencyObjective, MinAuxPurifier
+
+    purifier, data = setup
+    soap = MinAuxPurifier(purifier.classifier, ConsistencyObjective(purifier.classifier), n_radii=2, steps=1)
+    config = EvalConfig(attacks=["pgd2"], n=7, batch_size=7)
+    records = run(soap, data, config, tmp_path)
+    for rows in records.values():
+        assert all(r["oracle"] or not r["purified"] for r in rows)  # the oracle may pick min-aux's radius
+    summary = summarize(records, config)
+    assert summary["attacks"]["pgd2"]["oracle"] >= summary["attacks"]["pgd2"]["purified"]
+    assert "Oracle (upper bound, uses labels)" in markdown_table(summary)

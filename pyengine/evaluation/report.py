@@ -32,6 +32,7 @@ def summarize(records: dict[str, list[dict]], config: EvalConfig, manifest: dict
             "purified": _accuracy([r["purified"] for r in recs]),
             "loss": _mean([r["loss"] for r in recs]),
             "loss_purified": _mean([r["loss_purified"] for r in recs]),
+            "oracle": _accuracy([r["oracle"] for r in recs]) if recs and "oracle" in recs[0] else None,
         }
     static = [a for a in config.attacks if not rows[a]["adaptive"]]
     adaptive = [a for a in config.attacks if rows[a]["adaptive"]]
@@ -60,23 +61,27 @@ def _pct(value: float) -> str:
 
 
 def markdown_table(summary: dict) -> str:
+    has_oracle = any(row["oracle"] is not None for row in summary["attacks"].values())
+    oracle_head = " Oracle (upper bound, uses labels) |" if has_oracle else ""
     lines = [
         f"Images: {summary['images']} · eps {summary['config']['eps']:.4f} ({summary['config']['norm']}) · "
         f"seed {summary['config']['seed']} · "
         f"config {summary['config']['digest']}",
         "",
-        "| attack | Standard | Purified (static attack) | Purified (adaptive attack) | L_s attacked → purified |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| attack | Standard | Purified (static attack) | Purified (adaptive attack) | L_s attacked → purified |"
+        + oracle_head,
+        "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if has_oracle else ""),
     ]
     for name, row in summary["attacks"].items():
         standard = "—" if row["adaptive"] else _pct(row["standard"])
         static = "—" if row["adaptive"] else _pct(row["purified"])
         adaptive = _pct(row["purified"]) if row["adaptive"] else "—"
+        oracle = f" {_pct(row['oracle'])} |" if has_oracle else ""
         lines.append(f"| {name} | {standard} | {static} | {adaptive} | "
-                     f"{row['loss']:.3f} → {row['loss_purified']:.3f} |")
+                     f"{row['loss']:.3f} → {row['loss_purified']:.3f} |{oracle}")
     worst = summary["worst_case"]
     lines.append(f"| **worst case** | {_pct(worst['standard'])} | {_pct(worst['purified_static'])} | "
-                 f"{_pct(worst['purified_all']) if worst['adaptive_attacks'] else '—'} | |")
+                 f"{_pct(worst['purified_all']) if worst['adaptive_attacks'] else '—'} | |" + (" |" if has_oracle else ""))
     lines += ["", "Worst case: an image counts only if it is classified correctly clean and under every "
               "attack of its column (the adaptive column takes every attack, static and adaptive).",
               f"Purification latency: {1000 * summary['seconds_per_image']:.1f} ms per image on this machine."]

@@ -142,18 +142,33 @@ class Evaluation:
             adaptive = bool(getattr(attack, "adaptive", False))
             x_in = attack.perturb(x, y, generator=CounterRandom(self.config.seed, indices))
         start = time.perf_counter()
-        result = self.purifier.purify(x_in, generator=defender, return_trace=True)
+        images, loss_after, oracle = self._purify(x_in, y, defender)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             standard = classifier(x_in).argmax(1) == y
-            purified = classifier(result.images).argmax(1) == y
+            purified = classifier(images).argmax(1) == y
             loss_in = self.purifier.loss(x_in, generator=CounterRandom(self.config.seed, indices).fork(2))
-        return [{
+        records = [{
             "index": int(i), "label": int(label), "adaptive": adaptive,
             "standard": bool(s), "purified": bool(p),
             "loss": float(li), "loss_purified": float(lp),
             "seconds": seconds / len(y),
-        } for i, label, s, p, li, lp in zip(indices, y, standard, purified, loss_in, result.loss_trace[-1])]
+        } for i, label, s, p, li, lp in zip(indices, y, standard, purified, loss_in, loss_after)]
+        if oracle is not None:
+            for record, correct in zip(records, oracle):
+                record["oracle"] = bool(correct)
+        return records
+
+    def _purify(self, x: torch.Tensor, y: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Purified images, their L_s, and for SOAP's min-aux also the oracle's per-image
+        correctness (an evaluation-only upper bound that looks at the labels)."""
+        from ..soap import MinAuxPurifier, oracle_purify
+
+        if isinstance(self.purifier, MinAuxPurifier):
+            result = oracle_purify(self.purifier, x, y, generator=generator)
+            return result.min_aux.images, result.min_aux.loss_trace[-1], result.correct
+        result = self.purifier.purify(x, generator=generator, return_trace=True)
+        return result.images, result.loss_trace[-1], None
 
 
 def load_records(out: Path, config: EvalConfig) -> dict[str, list[dict]]:
