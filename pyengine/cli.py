@@ -132,6 +132,15 @@ def _cmd_purify(args) -> None:
     print(f"{summary['images']} images purified{accuracy}; mean L_s {summary['loss_before']:.4f} -> "
           f"{summary['loss_after']:.4f}\npredictions: {summary['predictions']}, images in {summary['images_dir']}")
 
+def _cmd_bench(args) -> None:
+    from .bench_table import load_rows, markdown
+
+    try:
+        print(markdown(load_rows(args.json), args.peak_tflops))
+    except (OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"pyengine bench: error: cannot read {args.json}: {err}")
+
+
 def torch_threads(args) -> None:
     if getattr(args, "threads", None):
         import torch
@@ -228,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda under torchrun when present)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_purify)
+    p = sub.add_parser("bench", help="table of engine vs published-loop purification speed from a benchmark JSON")
+    p.add_argument("json", type=Path, help="written by: python -m pytest bench/test_bench_purify.py "
+                                           "--benchmark-only --benchmark-json FILE")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the roofline fraction")
+    p.set_defaults(func=_cmd_bench)
+
     from .deploy.cli import register as register_export
     register_export(sub)
     return parser

@@ -1,0 +1,95 @@
+"""Purification latency and throughput: the engine's default path vs the published loop.
+
+    python -m pytest bench/test_bench_purify.py --benchmark-only --benchmark-json runs/bench_purify.json
+    python -m pyengine bench runs/bench_purify.json        # the side-by-side table
+
+Settings from the environment: PYENGINE_BENCH_MODEL (default preact_resnet_tiny),
+PYENGINE_BENCH_STEPS (K; default 40 on CUDA, 10 on the CPU), PYENGINE_BENCH_BATCHES
+(default 1,32,128,512 on CUDA, 1,32,128 on the CPU). Random weights: speed does not
+depend on them. FLOPs are counted with torch.utils.flop_counter on one engine step
+(forward and input-gradient backward of all views); both paths are credited with the
+same useful FLOPs, so the published loop's weight gradients count as waste.
+"""
+import os
+import platform
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from published_loop import published_purify
+from pyengine import Purifier, create_model
+from pyengine.models import ContrastiveHead, model_config
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MODEL = os.environ.get("PYENGINE_BENCH_MODEL", "preact_resnet_tiny")
+STEPS = int(os.environ.get("PYENGINE_BENCH_STEPS", 40 if DEVICE == "cuda" else 10))
+BATCHES = [int(b) for b in os.environ.get("PYENGINE_BENCH_BATCHES",
+                                          "1,32,128,512" if DEVICE == "cuda" else "1,32,128").split(",")]
+
+
+def device_name():
+    if DEVICE == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    cfg = model_config(MODEL)
+    classifier = create_model(MODEL).to(DEVICE).eval()
+    head = ContrastiveHead(cfg.num_features, cfg.head_hidden, cfg.head_out).to(DEVICE).eval()
+    bank = torch.randn(2048, cfg.head_out, device=DEVICE)
+    return classifier, head, bank
+
+
+def step_flops(purifier, x):
+    """FLOPs of one purification step (all views, forward + input gradient) for batch x."""
+    xk = x.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        # backward(), not autograd.grad: FlopCounterMode's hooks refuse the latter.
+        purifier.objective(xk, generator=torch.Generator().manual_seed(0)).sum().backward()
+    return counter.get_total_flops()
+
+
+def record(benchmark, path, batch, flops_per_image):
+    benchmark.group = f"purify {MODEL} K={STEPS} batch {batch}"
+    benchmark.extra_info.update(path=path, model=MODEL, steps=STEPS, batch=batch, device=device_name(),
+                                threads=torch.get_num_threads(), flops_per_image=flops_per_image)
+
+
+def timed(fn):
+    def run():
+        out = fn()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_engine(benchmark, models, batch):
+    classifier, head, bank = models
+    purifier = Purifier(classifier, head, steps=STEPS, bank=bank)
+    x = torch.rand(batch, 3, 32, 32, device=DEVICE)
+    flops = step_flops(purifier, x) * STEPS / batch
+    record(benchmark, "engine", batch, flops)
+    gen = torch.Generator().manual_seed(1)
+    benchmark.pedantic(timed(lambda: purifier.purify(x, generator=gen)), rounds=3 if batch < 128 else 1,
+                       warmup_rounds=1)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_published_loop(benchmark, models, batch):
+    classifier, head, bank = models
+    x = torch.rand(batch, 3, 32, 32, device=DEVICE)
+    flops = step_flops(Purifier(classifier, head, steps=STEPS, bank=bank), x) * STEPS / batch
+    record(benchmark, "published", batch, flops)
+    gen = torch.Generator().manual_seed(1)
+    benchmark.pedantic(timed(lambda: published_purify(classifier, head, x, steps=STEPS, generator=gen)),
+                       rounds=3 if batch < 128 else 1, warmup_rounds=1)
