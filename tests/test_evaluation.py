@@ -97,3 +97,16 @@ def test_soap_min_aux_reports_an_oracle_column_that_bounds_min_aux(setup, tmp_pa
     summary = summarize(records, config)
     assert summary["attacks"]["pgd2"]["oracle"] >= summary["attacks"]["pgd2"]["purified"]
     assert "Oracle (upper bound, uses labels)" in markdown_table(summary)
+
+
+def test_benchmark_entry_point_returns_the_robustbench_style_numbers(setup):
+    import pyengine
+
+    purifier, data = setup
+    result = pyengine.benchmark(purifier, n_examples=5, data=data.subset(5), attacks=("fgsm", "transfer-fgsm"),
+                                batch_size=5)
+    assert set(result) == {"clean", "attacks", "worst_case", "static_baseline"}
+    assert set(result["attacks"]) == {"fgsm", "transfer-fgsm"}
+    assert result["worst_case"] <= min(result["clean"], *result["attacks"].values())
+    with pytest.raises(ValueError, match="threat_model"):
+        pyengine.benchmark(purifier, n_examples=5, data=data, threat_model="L1")
