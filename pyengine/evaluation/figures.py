@@ -41,6 +41,16 @@ def _accuracy(classifier, x, y) -> float:
     return (classifier(x).argmax(1) == y).float().mean().item()
 
 
+def _attack_sweep(purifier, x, y, attacks: list, seed: int) -> dict[str, list[float]]:
+    """Accuracy of the classifier (Standard) and of the defense (Purified) under each attack."""
+    data = {"standard": [], "purified": []}
+    for attack in attacks:
+        x_adv = attack.perturb(x, y, generator=_rng(seed, len(y)))
+        data["standard"].append(_accuracy(purifier.classifier, x_adv, y))
+        data["purified"].append(_accuracy(purifier.classifier, purifier.purify(x_adv, generator=_rng(seed, len(y))), y))
+    return data
+
+
 def _with(purifier, **changes):
     """A copy of ``purifier`` with other steps/step-rule settings (models shared, not copied)."""
     clone = copy.copy(purifier)
@@ -86,11 +96,7 @@ def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0) -> Pat
 def robustness_vs_eps(purifier, x, y, attack_at: AttackAt, eps_values: list[float], out: Path,
                       *, seed: int = 0) -> Path:
     """Fig. 6: robust accuracy vs attack radius, Standard vs Purified (static attack)."""
-    data = {"eps": eps_values, "standard": [], "purified": []}
-    for eps in eps_values:
-        x_adv = attack_at(eps).perturb(x, y, generator=_rng(seed, len(y)))
-        data["standard"].append(_accuracy(purifier.classifier, x_adv, y))
-        data["purified"].append(_accuracy(purifier.classifier, purifier.purify(x_adv, generator=_rng(seed, len(y))), y))
+    data = {"eps": eps_values, **_attack_sweep(purifier, x, y, [attack_at(eps) for eps in eps_values], seed)}
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ticks = [255 * e for e in eps_values]
     ax.plot(ticks, [100 * a for a in data["standard"]], "o-", label="Standard")
@@ -154,11 +160,7 @@ def pca_trajectories(purifier, x, x_adv, out: Path, *, n_show: int = 6, seed: in
 def lambda_tradeoff(purifier, x, y, attack_at_lambda: Callable[[float], object], lambdas: list[float],
                     out: Path, *, seed: int = 0) -> Path:
     """Fig. 4 / Table 6: defense-aware attacks L_c - lambda * L_s, Standard vs Purified."""
-    data = {"lambda": lambdas, "standard": [], "purified": []}
-    for lam in lambdas:
-        x_adv = attack_at_lambda(lam).perturb(x, y, generator=_rng(seed, len(y)))
-        data["standard"].append(_accuracy(purifier.classifier, x_adv, y))
-        data["purified"].append(_accuracy(purifier.classifier, purifier.purify(x_adv, generator=_rng(seed, len(y))), y))
+    data = {"lambda": lambdas, **_attack_sweep(purifier, x, y, [attack_at_lambda(lam) for lam in lambdas], seed)}
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(lambdas, [100 * a for a in data["standard"]], "o-", label="Standard")
     ax.plot(lambdas, [100 * a for a in data["purified"]], "o-", label="Purified")

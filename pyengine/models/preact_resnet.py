@@ -28,10 +28,14 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(ImageClassifier):
-    def __init__(self, blocks_per_stage, widths, num_classes=10, *, mean, std):
+    """Pre-activation residual stages; the first block of every stage but the first halves
+    the resolution. ``stem_width`` defaults to the first stage's width (Wide ResNets use 16)."""
+
+    def __init__(self, blocks_per_stage, widths, num_classes=10, *, mean, std, stem_width=None):
         super().__init__(mean, std)
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        layers, in_planes = [], widths[0]
+        stem_width = stem_width or widths[0]
+        self.conv1 = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
+        layers, in_planes = [], stem_width
         for stage, (blocks, planes) in enumerate(zip(blocks_per_stage, widths)):
             for i in range(blocks):
                 layers.append(PreActBlock(in_planes, planes, 2 if stage > 0 and i == 0 else 1))
