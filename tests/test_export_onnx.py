@@ -1,7 +1,8 @@
 """ONNX export of purify + classify: ONNX Runtime against the PyTorch engine with the same draws.
 
 The engine runs on the reference ops (pure PyTorch) so the comparison does not depend on
-the C++ extension. One trace of the tiny model serves every test (tracing is the slow part).
+the C++ extension. One trace of the tiny model per purifier (contrastive, SOAP rotation at
+a fixed radius, SOAP consistency with min-aux) serves every test (tracing is the slow part).
 """
 import importlib
 import importlib.util
@@ -20,8 +21,11 @@ from pyengine.deploy import onnx_export
 from pyengine.deploy.graph import PurifyClassify, PurifyOneStep
 from pyengine.deploy.views import render_views
 from pyengine.models import ContrastiveHead
+from pyengine.models.aux_heads import RotationHead
 from pyengine.ops import contrastive_loss_reference, sample_views_reference
 from pyengine.purify import ViewSampler
+from pyengine.soap import (ConsistencyObjective, MinAuxPurifier, RotationObjective, aux_manifest, load_soap_purifier,
+                           soap_purifier)
 
 N, SIZE, K = 2, 16, 2
 
@@ -240,3 +244,114 @@ def test_cli_tensorrt_without_tensorrt_prints_what_to_install(models, tmp_path, 
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert "pip install tensorrt" in err and "python3-libnvinfer" in err and "Traceback" not in err
+
+
+# SOAP (Shi et al.): deterministic objectives, zero init; min-aux as one graph.
+SOAP_EPS, SOAP_T = 8 / 255, 2
+
+
+def make_soap_parts():
+    model = make_parts()[0]
+    torch.manual_seed(1)
+    return model, RotationHead(model.num_features)
+
+
+@pytest.fixture(scope="module")
+def soap_traced():
+    model, head = make_soap_parts()
+    purifier = soap_purifier(model, RotationObjective(model, head), eps=SOAP_EPS, steps=SOAP_T)
+    return trace_purifier(purifier, N, image_size=(SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def min_aux_traced():
+    model = make_parts()[0]  # 2 steps of 4/255 reach 8/255: radius 3 (12/255) is the last distinct, 4 repeats it
+    purifier = MinAuxPurifier(model, ConsistencyObjective(model), n_radii=4, steps=2)
+    return trace_purifier(purifier, N, image_size=(SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def soap_models(soap_traced, min_aux_traced, tmp_path_factory):
+    out = tmp_path_factory.mktemp("soap_onnx")
+    return {"unrolled": export_onnx(soap_traced, out / "rotation.onnx"),
+            "one_step": export_onnx(soap_traced, out / "rotation_step.onnx", unrolled=False),
+            "min_aux": export_onnx(min_aux_traced, out / "consistency_min_aux.onnx")}
+
+
+@pytest.fixture(scope="module")
+def soap_expected(soap_traced):
+    """The engine's purification of images(1) and its logits (deterministic: no random draws)."""
+    purifier = soap_traced.purifier
+    expected = purifier.purify(images(1))
+    return expected, purifier.classifier(expected)
+
+
+@pytest.mark.parametrize("form", ["unrolled", "one_step"])
+def test_soap_onnx_runtime_matches_the_engine(soap_models, soap_expected, form):
+    x, (expected, expected_logits) = images(1), soap_expected
+    got = OnnxPurifier(soap_models[form], providers=["CPUExecutionProvider"], seed=0).purify(x.numpy())
+    assert (expected - x).abs().max() > 2 / 255  # the purification moved the images
+    assert np.abs(got.images - expected.numpy()).max() <= 1e-4
+    assert np.abs(got.logits - expected_logits.numpy()).max() <= 1e-4
+    assert (got.logits.argmax(1) == expected_logits.argmax(1).numpy()).all()
+    meta = json.loads(soap_models[form].with_suffix(".json").read_text())
+    assert meta["objective"] == {"name": "rotation", "aux_task": "rotation"} and meta["random_inputs"] == {}
+    assert meta["step"]["random_start"] is False and meta["selection"] is None
+
+
+def test_soap_min_aux_onnx_matches_the_engine(min_aux_traced, soap_models):
+    purifier, x = min_aux_traced.purifier, images(3)
+    expected = purifier.purify(x, return_choice=True)
+    expected_logits = purifier.classifier(expected.images)
+    session = OnnxPurifier(soap_models["min_aux"], providers=["CPUExecutionProvider"]).session
+    logits, purified, radius = session.run(["logits", "purified", "radius"], {"x": x.numpy()})
+    assert np.abs(purified - expected.images.numpy()).max() <= 1e-4
+    assert np.abs(logits - expected_logits.numpy()).max() <= 1e-4
+    assert (logits.argmax(1) == expected_logits.argmax(1).numpy()).all()
+    np.testing.assert_allclose(radius, expected.eps.numpy(), rtol=1e-6)
+    got = OnnxPurifier(soap_models["min_aux"]).purify(x.numpy())  # the runtime feeds x alone
+    np.testing.assert_array_equal(got.images, purified)
+    meta = json.loads(soap_models["min_aux"].with_suffix(".json").read_text())
+    assert [i["name"] for i in meta["inputs"]] == ["x"] and meta["objective"]["name"] == "consistency"
+    assert meta["selection"]["method"] == "min-aux" and len(meta["selection"]["radii"]) == 4
+    with pytest.raises(ValueError, match="no one-step form"):
+        export_onnx(min_aux_traced, soap_models["min_aux"].with_name("bad.onnx"), unrolled=False)
+
+
+@pytest.mark.parametrize("version", ["8.5", "8.6", "10.3"])
+def test_exported_soap_models_pass_the_tensorrt_check(soap_models, version):
+    for path in soap_models.values():
+        report = check_model(path, version)
+        assert report.ok, report.summary()
+
+
+def test_cli_export_onnx_from_a_soap_checkpoint(soap_traced, min_aux_traced, tmp_path, monkeypatch, capsys):
+    model, head = make_soap_parts()
+    rotation = save_checkpoint(tmp_path / "rot.safetensors", model, aux={"rotation": head},
+                               **aux_manifest("rotation", 0.5, 0.1, head))
+    consistency = save_checkpoint(tmp_path / "con.safetensors", model, **aux_manifest("consistency", 1.0, 0.1, None))
+
+    def reuse(purifier, batch, *, image_size, opset):  # tracing is covered above; this test checks the plumbing
+        traced = min_aux_traced if isinstance(purifier, MinAuxPurifier) else soap_traced
+        return onnx_export.TracedPurifier(purifier, *[getattr(traced, f) for f in (
+            "objective", "batch", "size", "opset", "step_model", "classify_model", "random_shapes", "step",
+            "loss_model")])
+
+    monkeypatch.setattr(onnx_export, "trace_purifier", reuse)
+    common = ["--batch", str(N), "--image-size", str(SIZE), str(SIZE)]
+    out = tmp_path / "rot.onnx"
+    main(["export", "onnx", "--checkpoint", str(rotation), "--soap-eps", str(SOAP_EPS), "--steps", str(SOAP_T),
+          "--one-step", "--out", str(out), *common])
+    assert "one step" in capsys.readouterr().out
+    x = images(4)
+    expected = load_soap_purifier(rotation, "fixed", eps=SOAP_EPS, steps=SOAP_T).purify(x)
+    got = OnnxPurifier(out, steps=SOAP_T).purify(x.numpy())
+    assert np.abs(got.images - expected.numpy()).max() <= 1e-4
+    out = tmp_path / "con.onnx"
+    main(["export", "onnx", "--checkpoint", str(consistency), "--steps", "2", "--out", str(out), *common])
+    assert "min-aux" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["selection"]["method"] == "min-aux"
+    for bad, match in ((["--one-step"], "no one-step form"), (["--eps-v", "0.1"], "pass --soap-eps")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "onnx", "--checkpoint", str(consistency), "--out", str(out), *bad, *common])
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err

@@ -8,17 +8,51 @@ import sys
 from pathlib import Path
 
 
-def _cmd_onnx(args) -> int:
+CONTRASTIVE_STEPS = 10  # the export's default K for a contrastive checkpoint (SOAP's T is 5)
+
+
+def _load_purifier(args):
+    """The contrastive Purifier, or for a checkpoint with an ``aux_task`` SOAP's min-aux purifier
+    (a fixed-radius one with ``--soap-eps``)."""
+    from ..models.checkpoint import read_manifest
+
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    steps = {} if args.steps is None else {"steps": args.steps}
+    if read_manifest(args.checkpoint).get("aux_task"):
+        from ..soap import load_soap_purifier
+
+        if args.eps_v is not None:
+            raise ValueError("--eps-v sets the contrastive purifier's radius; this is a SOAP checkpoint: "
+                             "pass --soap-eps for a fixed radius (default: min-aux selection)")
+        if args.soap_eps is None:
+            return load_soap_purifier(args.checkpoint, "min-aux", **steps)
+        return load_soap_purifier(args.checkpoint, "fixed", eps=args.soap_eps, **steps)
     from ..purify import Purifier
-    from .onnx_export import export_onnx, sidecar_path
+
+    if args.soap_eps is not None:
+        raise ValueError("--soap-eps applies to SOAP checkpoints (manifest 'aux_task'); this one is contrastive: "
+                         "use --eps-v")
+    kwargs = {} if args.eps_v is None else {"eps": args.eps_v}
+    return Purifier.from_checkpoint(args.checkpoint, steps=CONTRASTIVE_STEPS if args.steps is None else args.steps,
+                                    **kwargs)
+
+
+def _cmd_onnx(args) -> int:
+    from ..soap import MinAuxPurifier
+    from .onnx_export import export_onnx, min_aux_radii, sidecar_path
     from .trt_compat import check_model
 
-    kwargs = {} if args.eps_v is None else {"eps": args.eps_v}
-    purifier = Purifier.from_checkpoint(args.checkpoint, steps=args.steps, **kwargs)
+    purifier = _load_purifier(args)
+    if isinstance(purifier, MinAuxPurifier) and args.one_step:
+        raise ValueError("SOAP's min-aux selection has no one-step form (it compares every radius after T "
+                         "steps): drop --one-step, or pass --soap-eps EPS for a fixed radius")
     size = tuple(args.image_size) if args.image_size else None
-    path = export_onnx(purifier, args.out, args.steps, args.batch, opset=args.opset,
+    path = export_onnx(purifier, args.out, purifier.steps, args.batch, opset=args.opset,
                        unrolled=not args.one_step, image_size=size)
-    form = "one step (the runtime calls it K times)" if args.one_step else f"{args.steps} unrolled steps"
+    form = "one step (the runtime calls it K times)" if args.one_step else f"{purifier.steps} unrolled steps"
+    if isinstance(purifier, MinAuxPurifier):
+        form += f" for each of the radii {', '.join(f'{r * 255:g}/255' for r in min_aux_radii(purifier))}, min-aux"
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {form}, batch {args.batch}, opset {args.opset}) "
           f"and {sidecar_path(path)}")
     if args.opset <= 17:
@@ -54,13 +88,18 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("onnx", help="purify (K steps with explicit gradients) + classify as one ONNX model")
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=10, help="K: purification steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"K: purification steps (default: {CONTRASTIVE_STEPS}; SOAP checkpoints: T = 5)")
     p.add_argument("--batch", type=int, default=1, help="N, fixed in the graph (default: %(default)s)")
     p.add_argument("--opset", type=int, default=17, help="13..18; TensorRT 8.5/8.6 read up to 17 (default: %(default)s)")
     p.add_argument("--one-step", action="store_true", help="export one step that the runtime calls K times")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="default: the architecture's input size")
-    p.add_argument("--eps-v", type=float, default=None, help="purification radius (default: the engine's 16/255)")
+    p.add_argument("--eps-v", type=float, default=None,
+                   help="contrastive purification radius (default: the engine's 16/255)")
+    p.add_argument("--soap-eps", type=float, default=None,
+                   help="SOAP checkpoints: purify at this fixed radius (needed for --one-step); default: "
+                        "min-aux selection over radii e * 4/255, e = 0..10, in one unrolled graph")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run)
 

@@ -42,6 +42,18 @@ class PurifyStep(nn.Module):
         return projection_step_reference(xk, self.gradient(xk, *randoms), x0, self.step_size, self.eps, self.norm)
 
 
+class PurifyStepAtRadius(nn.Module):
+    """forward(x0, xk, eps, *randoms): :class:`PurifyStep` with the radius an input (a 0-d
+    Tensor), so one traced step serves every radius of SOAP's min-aux selection."""
+
+    def __init__(self, gradient: InputGradient, step_size: float, norm: str):
+        super().__init__()
+        self.gradient, self.step_size, self.norm = gradient, step_size, norm
+
+    def forward(self, x0: torch.Tensor, xk: torch.Tensor, eps: torch.Tensor, *randoms: torch.Tensor) -> torch.Tensor:
+        return projection_step_reference(xk, self.gradient(xk, *randoms), x0, self.step_size, eps, self.norm)
+
+
 class PurifyClassify(nn.Module):
     """forward(x, start_noise, *randoms) -> (logits Tensor[N, C], purified Tensor[N, 3, H, W]).
 
@@ -83,6 +95,7 @@ def build_modules(purifier: Purifier, batch: int, height: int, width: int):
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     objective = exportable(purifier.objective)
+    objective.prepare(batch, height, width)
     step_rule = purifier.step
     gradient = InputGradient(objective, batch, height, width)
     return objective, PurifyStep(gradient, step_rule.eps, step_rule.step_size, step_rule.norm)

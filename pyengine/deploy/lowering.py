@@ -4,8 +4,9 @@ Neither ONNX exporter can export ``torch.autograd.grad``, and tracing ``torch.fu
 with ``make_fx`` leaves ``aten.convolution_backward`` in the graph, which has no ONNX
 translation. Tracing with a decomposition that rewrites the input half of a convolution
 backward as a transposed convolution (same weights, ``output_padding`` chosen to give back
-the input size) yields a graph of ordinary forward ops whose numbers are autograd's own,
-including its conventions at ties (clamp boundaries, ReLU at 0). Weight and bias
+the input size), and that of a transposed convolution (e.g. SOAP's reconstruction decoder)
+as an ordinary one, yields a graph of ordinary forward ops whose numbers are autograd's
+own, including its conventions at ties (clamp boundaries, ReLU at 0). Weight and bias
 gradients are never needed: purification differentiates with respect to the input only.
 
 Why not hand-written VJP modules: they must be written (and kept exactly consistent with
@@ -25,13 +26,18 @@ aten = torch.ops.aten
 
 def _convolution_backward(grad_out, input, weight, bias_sizes, stride, padding, dilation, transposed,
                           output_padding, groups, output_mask):
-    if transposed or output_mask[1] or output_mask[2]:
-        raise NotImplementedError("export lowers the input gradient of ordinary convolutions only; got a "
-                                  "transposed convolution or a weight/bias gradient (are the model's "
-                                  "parameters frozen with requires_grad_(False)?)")
+    if output_mask[1] or output_mask[2]:
+        raise NotImplementedError("export lowers input gradients only; got a weight/bias gradient (are the "
+                                  "model's parameters frozen with requires_grad_(False)?)")
     spatial = input.dim() - 2
     if len(stride) == 1:
         stride, padding, dilation = [stride[0]] * spatial, [padding[0]] * spatial, [dilation[0]] * spatial
+    if transposed:
+        # The adjoint of a transposed convolution is the ordinary convolution with the same
+        # weights; output_padding < stride only adds rows that this convolution never reaches.
+        grad_in = aten.convolution.default(grad_out, weight, None, list(stride), list(padding), list(dilation),
+                                           False, [0] * spatial, groups)
+        return grad_in, None, None
     pad_out = []
     for d in range(spatial):
         k = weight.shape[2 + d]
@@ -42,11 +48,25 @@ def _convolution_backward(grad_out, input, weight, bias_sizes, stride, padding, 
     return grad_in, None, None
 
 
+def _slice_backward(grad_out, input_sizes, dim, start, end, step):
+    # aten's own decomposition writes into zeros with slice_scatter, an ONNX ScatterND that
+    # opset 17 and TensorRT's parser lack; a contiguous slice's adjoint is zero padding.
+    if step != 1:
+        return decomposition_table[aten.slice_backward.default](grad_out, input_sizes, dim, start, end, step)
+    dim = dim % len(input_sizes)
+    size = input_sizes[dim]
+    start = min(max(start + size if start < 0 else start, 0), size)
+    after = size - start - grad_out.shape[dim]
+    pad = [0, 0] * (len(input_sizes) - 1 - dim) + [start, after]
+    return aten.constant_pad_nd.default(grad_out, pad, 0.0)
+
+
 def _backward_decompositions() -> dict:
     """Every aten ``*_backward`` op with a decomposition (threshold, batch norm, softmax, ...),
-    plus the convolution rule above."""
+    plus the convolution and slice rules above."""
     table = {op: fn for op, fn in decomposition_table.items() if "backward" in str(op)}
     table[aten.convolution_backward.default] = _convolution_backward
+    table[aten.slice_backward.default] = _slice_backward
     return table
 
 

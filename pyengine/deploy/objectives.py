@@ -6,10 +6,12 @@ which random tensors one purification step consumes (:meth:`ExportableObjective.
 how the engine draws them (:meth:`draw`, in the engine's order, so a test can feed the
 graph the engine's own draws) and computes ``loss(x, *randoms) -> Tensor[N]`` from them.
 
-Adding an objective (e.g. a SOAP auxiliary task) is one subclass registered for the
-engine's objective type with :func:`register_exportable`, plus its host sampler in
-``pyengine.deploy.runtime.SAMPLERS``: the input gradient (lowered automatically), the
-unrolled and one-step graphs, the sidecar and the runtime's input plumbing follow.
+Adding an objective is one subclass registered for the engine's objective type with
+:func:`register_exportable`, plus its host sampler in ``pyengine.deploy.runtime.SAMPLERS``
+(an empty draw for a deterministic objective): the input gradient (lowered
+automatically), the unrolled and one-step graphs, the sidecar and the runtime's input
+plumbing follow. The SOAP objectives (Shi et al., ICLR 2021, Section 3.4) draw no
+randomness at test time, so their graphs take no random inputs.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from ..ops import NUM_VIEW_PARAMS, contrastive_loss_reference
 from ..purify.objectives import ContrastiveObjective
+from ..soap.objectives import ConsistencyObjective, ReconstructionObjective, RotationObjective, rotate
 from .views import render_views
 
 _EXPORTABLE: dict[type, Callable[[nn.Module], "ExportableObjective"]] = {}
@@ -30,6 +33,9 @@ class ExportableObjective(nn.Module):
     """``loss(x, *randoms)``: x Tensor[N, 3, H, W] in [0, 1] -> per-image loss Tensor[N]."""
 
     name: str
+
+    def prepare(self, n: int, h: int, w: int) -> None:
+        """Build what depends on the batch or image size, before tracing (default: nothing)."""
 
     def random_inputs(self, n: int, h: int, w: int) -> dict[str, tuple[int, ...]]:
         """Name -> shape of each float32 random tensor one step consumes, in ``loss`` order."""
@@ -97,3 +103,87 @@ class ExportableContrastive(ExportableObjective):
         h, w = x.shape[-2:]
         z = self.objective.embed(render_views(x, view_params, h, w))
         return contrastive_loss_reference(z, self.views.n_views, self.objective.temperature, self.objective.bank)
+
+
+class _Deterministic(ExportableObjective):
+    """A SOAP objective: no random inputs (no test-time corruption, no random views)."""
+
+    def __init__(self, objective: nn.Module):
+        super().__init__()
+        self.objective = objective
+
+    def random_inputs(self, n, h, w):
+        return {}
+
+    def draw(self, n, h, w, *, generator=None):
+        return ()
+
+    def settings(self):
+        return {"name": self.name, "aux_task": self.objective.task}
+
+
+@register_exportable(RotationObjective)
+class ExportableRotation(_Deterministic):
+    """RP (Eq. 7): sum over the four rotations of ||softmax(h(f(rot_w x))) - onehot(w)||^2, Tensor[N].
+
+    As :meth:`RotationObjective.forward`, with the one-hot targets a constant (``F.one_hot``
+    reads its labels' values, which tracing cannot).
+    """
+
+    name = "rotation"
+
+    def random_inputs(self, n, h, w):
+        if h != w:
+            raise ValueError(f"the rotation objective needs square images to stack their rotations, got {h}x{w}")
+        return {}
+
+    def loss(self, x):
+        n = x.shape[0]
+        copies = torch.cat([rotate(x, k) for k in range(4)])
+        probs = self.objective.head(self.objective.classifier.forward_features(copies)).softmax(1)
+        target = torch.eye(4, dtype=probs.dtype, device=probs.device).repeat_interleave(n, 0)
+        return (probs - target).pow(2).sum(1).view(4, n).sum(0)
+
+
+@register_exportable(ConsistencyObjective)
+class ExportableConsistency(_Deterministic):
+    """LC (Eq. 8): ||g(x) - g(a(x))||^2 in logit space, Tensor[N], with the fixed view a as
+    two selection matrices, a(x) = R_y x R_x^T (MatMul only).
+
+    ``ConsistencyObjective.fixed_view`` indexes pixels; the gradient of indexing is a
+    scatter-add, which TensorRT's parser refuses. The matrices are read off the engine's
+    own ``fixed_view`` (one source of the flip, crop and nearest resize); each row holds a
+    single 1, so the view's values are exactly the engine's.
+    """
+
+    name = "consistency"
+
+    def prepare(self, n, h, w):
+        device = next(self.objective.classifier.parameters()).device
+        ramp = lambda size, shape: torch.arange(size, dtype=torch.float32, device=device).view(shape)  # noqa: E731
+        rows = self.objective.fixed_view(ramp(h, (1, 1, h, 1)).expand(1, 3, h, w))[0, 0, :, 0].long()
+        cols = self.objective.fixed_view(ramp(w, (1, 1, 1, w)).expand(1, 3, h, w))[0, 0, 0, :].long()
+        self.register_buffer("rows", torch.eye(h, device=device)[rows], persistent=False)  # [H, H]
+        self.register_buffer("cols_t", torch.eye(w, device=device)[cols].t().contiguous(), persistent=False)  # [W, W]
+
+    def settings(self):
+        return {**super().settings(), "crop_fraction": self.objective.crop_fraction}
+
+    def loss(self, x):
+        n, _, h, w = x.shape
+        if getattr(self, "rows", None) is None or self.rows.shape[0] != h or self.cols_t.shape[0] != w:
+            self.prepare(n, h, w)
+        view = torch.matmul(torch.matmul(self.rows, x), self.cols_t)
+        logits = self.objective.classifier(torch.cat([x, view]))
+        return (logits[:n] - logits[n:]).pow(2).sum(1)
+
+
+@register_exportable(ReconstructionObjective)
+class ExportableReconstruction(_Deterministic):
+    """DR (Eq. 6): ||x - h(f(x))||^2, Tensor[N] (uncorrupted at test time); the decoder's
+    transposed convolutions have ordinary convolutions as input gradients."""
+
+    name = "reconstruction"
+
+    def loss(self, x):
+        return self.objective(x)

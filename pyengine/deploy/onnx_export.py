@@ -1,11 +1,12 @@
 """``export_onnx``: the defended classifier as one ONNX model of standard-domain ops.
 
 Two graphs are exported from PyTorch with the dynamo exporter: one purification step
-(:class:`.graph.PurifyStep`, its input gradient lowered to forward ops) and the
-classifier. They are then assembled in ONNX: the unrolled model is the random start,
-K copies of the step (sharing one set of weights) and the classifier; the one-step model
-is the step followed by the classifier. Tracing the step once keeps export time flat in
-K. Node names carry the part they belong to (``start/``, ``step{k}/``, ``classify/``):
+(:class:`.graph.PurifyStepAtRadius`, its input gradient lowered to forward ops, the
+radius eps an input fed by a constant) and the classifier. They are then assembled in
+ONNX: the unrolled model is the random start, K copies of the step (sharing one set of
+weights) and the classifier; the one-step model is the step followed by the classifier.
+Tracing the step once keeps export time flat in K. Node names carry the part they belong
+to (``start/``, ``step{k}/``, ``classify/``; min-aux: ``radius{e}/step{k}/``, ``select/``):
 TensorRT's fp16 build keeps everything but ``classify/`` in fp32. The assembled models
 compute what :class:`.graph.PurifyClassify` and :class:`.graph.PurifyOneStep` compute in
 PyTorch (exporting those directly works too, at K times the export time).
@@ -14,7 +15,12 @@ Inputs (float32, static shapes), unrolled: ``x [N,3,H,W]`` in [0, 1], ``start_no
 [N,3,H,W]`` (the random start's offset, already scaled by eps), and per objective random
 input, e.g. ``view_params [K,V*N,10]``; outputs ``logits [N,C]``, ``purified [N,3,H,W]``.
 One-step: ``x``, ``x_k``, ``view_params [V*N,10]`` -> ``logits`` (of x_{k+1}), ``x_next``.
-A JSON sidecar (``<model>.json``) carries what the runtime needs.
+SOAP's objectives (rotation, consistency, reconstruction) have no random inputs and SOAP
+starts from the input itself (``start_noise`` is zeros). SOAP's min-aux selection
+(:class:`pyengine.soap.MinAuxPurifier`, Section 3.3) is unrolled only: input ``x``; T steps
+for each distinct radius, L_aux of each result (and of x, radius 0), a per-image ArgMin
+(ties to the smaller radius) and GatherElements; outputs ``logits``, ``purified`` and the
+chosen ``radius [N]``. A JSON sidecar (``<model>.json``) carries what the runtime needs.
 """
 from __future__ import annotations
 
@@ -31,7 +37,9 @@ import torch
 from onnx import helper, numpy_helper
 
 from ..purify.purifier import Purifier
-from .graph import PurifyStep, build_modules
+from ..soap.select import MinAuxPurifier
+from .graph import PurifyStep, PurifyStepAtRadius, build_modules
+from .lowering import lower
 from .objectives import ExportableObjective
 
 FORMAT = "pyengine-onnx-purifier"
@@ -68,7 +76,8 @@ def _to_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], outpu
 
 
 def downgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Opset 18 -> ``opset`` (13..17) for the ops this export emits: Reduce* axes back to attributes.
+    """Opset 18 -> ``opset`` (13..17) for the ops this export emits: Reduce* axes back to
+    attributes; Pad, which only gained an optional axes input, as it is.
 
     onnx's own converter fails on these graphs (it wants Constant nodes, and it leaves
     ``noop_with_empty_axes`` behind), so the few rewrites are done here; any other op whose
@@ -89,6 +98,8 @@ def downgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             for a in noop:
                 node.attribute.remove(a)
             node.attribute.append(helper.make_attribute("axes", axes))
+        elif node.op_type == "Pad" and (len(node.input) < 4 or not node.input[3]):
+            pass  # opset 18 only added the optional axes input: without it, Pad is opset 13's
         elif node.op_type in _AXES_TO_ATTRIBUTE:
             for a in [a for a in node.attribute if a.name == "noop_with_empty_axes"]:
                 if a.i:
@@ -157,35 +168,48 @@ def _value_info(name: str, shape) -> onnx.ValueInfoProto:
 class TracedPurifier:
     """The two exported graphs of a purifier at one batch, image size and opset (see module doc)."""
 
-    purifier: Purifier
+    purifier: Purifier | MinAuxPurifier
     objective: ExportableObjective
     batch: int
     size: tuple[int, int]
     opset: int
-    step_model: onnx.ModelProto  # (x0, xk, *randoms) -> x_next
+    step_model: onnx.ModelProto  # (x0, xk, eps, *randoms) -> x_next
     classify_model: onnx.ModelProto  # (x) -> logits
     random_shapes: dict[str, tuple[int, ...]]
     step: PurifyStep  # the traced step in PyTorch (PurifyClassify(classifier, step, K) is the unrolled model)
+    loss_model: onnx.ModelProto | None = None  # (x) -> loss [N]: the objective, for min-aux's selection
 
     @property
     def num_classes(self) -> int:
         return int(self.classify_model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
 
 
-def trace_purifier(purifier: Purifier, batch: int = 1, *, image_size: tuple[int, int] | None = None,
-                   opset: int = 17) -> TracedPurifier:
-    """Export one step and the classifier (the slow part of :func:`export_onnx`, independent of K and form)."""
-    if not isinstance(purifier, Purifier):
-        raise TypeError(f"purifier must be a pyengine Purifier, got {type(purifier).__name__}")
+def trace_purifier(purifier: Purifier | MinAuxPurifier, batch: int = 1, *,
+                   image_size: tuple[int, int] | None = None, opset: int = 17) -> TracedPurifier:
+    """Export one step and the classifier (the slow part of :func:`export_onnx`, independent of
+    K and form), and for a :class:`~pyengine.soap.MinAuxPurifier` the objective too."""
+    min_aux = isinstance(purifier, MinAuxPurifier)
+    if not isinstance(purifier, Purifier) and not min_aux:
+        raise TypeError(f"purifier must be a pyengine Purifier or MinAuxPurifier, got {type(purifier).__name__}")
     h, w = image_size or _default_size(purifier)
     objective, step = build_modules(purifier, batch, h, w)
     x = torch.rand(batch, 3, h, w)
     randoms = objective.draw(batch, h, w, generator=torch.Generator().manual_seed(0))
     shapes = objective.random_inputs(batch, h, w)
+    if min_aux and shapes:
+        raise NotImplementedError(f"min-aux export needs an objective without random inputs; "
+                                  f"{objective.name!r} draws {sorted(shapes)}: export a fixed radius")
+    radius_step = PurifyStepAtRadius(step.gradient, step.step_size, step.norm)
+    eps = torch.tensor(step.eps, dtype=torch.float32)
     # Distinct tensors for x0 and xk: the tracer would alias one tensor passed twice into one input.
-    step_model = _to_onnx(step, (x, x.clone(), *randoms), ["x0", "xk", *shapes], ["x_next"], opset)
+    step_model = _to_onnx(radius_step, (x, x.clone(), eps, *randoms), ["x0", "xk", "eps", *shapes], ["x_next"],
+                          opset)
     classify_model = _to_onnx(purifier.classifier, (x,), ["x"], ["logits"], opset)
-    return TracedPurifier(purifier, objective, batch, (h, w), opset, step_model, classify_model, shapes, step)
+    loss_model = None
+    if min_aux:  # L_aux of each radius's result, for the selection (the lambda: make_fx counts a method's self)
+        loss_model = _to_onnx(lower(lambda xs: objective.loss(xs), [x]), (x,), ["x"], ["loss"], opset)
+    return TracedPurifier(purifier, objective, batch, (h, w), opset, step_model, classify_model, shapes, step,
+                          loss_model)
 
 
 def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: int | None = None, batch: int = 1, *,
@@ -196,6 +220,7 @@ def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: in
         purifier: the engine purifier (classifier, objective, step rule) to export, or a
             :func:`trace_purifier` result (then ``batch``, ``opset`` and ``image_size`` come from it).
         steps: K (default: ``purifier.steps``); for the one-step form it is the runtime's default.
+            A :class:`~pyengine.soap.MinAuxPurifier` exports its own T (unrolled only).
         batch: N, fixed in the graph.
         opset: ONNX opset, 13..18 (TensorRT 8.5/8.6 read up to 17).
         unrolled: K steps in one graph (True) or one step the runtime calls K times.
@@ -206,6 +231,13 @@ def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: in
     steps = engine.steps if steps is None else steps
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(engine, MinAuxPurifier):
+        if not unrolled:
+            raise ValueError("min-aux selects each image's radius after all T steps of every radius, so it has "
+                             "no one-step form: export it unrolled, or a fixed radius (soap_purifier(..., eps=...))")
+        if steps != engine.steps:
+            raise ValueError(f"this min-aux purifier runs T={engine.steps} steps (its radii grid depends on T); "
+                             f"got steps={steps}: load it with steps={steps} instead")
     traced = traced or trace_purifier(engine, batch, image_size=image_size, opset=opset)
     model = assemble(traced, steps, unrolled)
     path = Path(path)
@@ -223,7 +255,16 @@ def assemble(traced: TracedPurifier, steps: int, unrolled: bool) -> onnx.ModelPr
     names = list(traced.random_shapes)
     asm = _Assembler()
     image = (n, 3, h, w)
-    if unrolled:
+    extra_outputs, min_aux = [], isinstance(traced.purifier, MinAuxPurifier)
+    eps = None if min_aux else asm.initializer("step/eps", np.array(traced.purifier.step.eps, np.float32))
+    if min_aux:
+        if not unrolled or steps != traced.purifier.steps:
+            raise ValueError(f"min-aux is exported unrolled with its own T={traced.purifier.steps} steps only")
+        inputs = [_value_info("x", image)]
+        xk, radius = _min_aux(asm, traced, image)
+        outputs = [("logits", (n, traced.num_classes)), ("purified", image)]
+        extra_outputs = [helper.make_tensor_value_info(radius, onnx.TensorProto.FLOAT, [n])]
+    elif unrolled:
         inputs = [_value_info("x", image), _value_info("start_noise", image)]
         inputs += [_value_info(r, (steps, *s)) for r, s in traced.random_shapes.items()]
         zero = asm.initializer("start/zero", np.zeros((), np.float32))
@@ -231,28 +272,73 @@ def assemble(traced: TracedPurifier, steps: int, unrolled: bool) -> onnx.ModelPr
         shifted = asm.node("Add", ["x", "start_noise"], "start/shifted", "start/Add")
         xk = asm.node("Clip", [shifted, zero, one], "start/x_start", "start/Clip")
         for k in range(steps):
-            index = asm.initializer(f"step{k}/index", np.array(k, np.int64))
+            index = asm.initializer(f"step{k}/index", np.array(k, np.int64)) if names else None
             picked = {r: asm.node("Gather", [r, index], f"step{k}/{r}", f"step{k}/Gather_{r}", axis=0) for r in names}
-            xk = asm.inline(traced.step_model, f"step{k}/", {"x0": "x", "xk": xk, **picked})["x_next"]
+            xk = asm.inline(traced.step_model, f"step{k}/", {"x0": "x", "xk": xk, "eps": eps, **picked})["x_next"]
         outputs = [("logits", (n, traced.num_classes)), ("purified", image)]
     else:
         inputs = [_value_info("x", image), _value_info("x_k", image)]
         inputs += [_value_info(r, s) for r, s in traced.random_shapes.items()]
-        xk = asm.inline(traced.step_model, "step0/", {"x0": "x", "xk": "x_k", **{r: r for r in names}})["x_next"]
+        feeds = {"x0": "x", "xk": "x_k", "eps": eps, **{r: r for r in names}}
+        xk = asm.inline(traced.step_model, "step0/", feeds)["x_next"]
         outputs = [("logits", (n, traced.num_classes)), ("x_next", image)]
     logits = asm.inline(traced.classify_model, "classify/", {"x": xk})["logits"]
     renames = {logits: outputs[0][0], xk: outputs[1][0]}
     for node in asm.nodes:
         node.output[:] = [renames.get(t, t) for t in node.output]
         node.input[:] = [renames.get(t, t) for t in node.input]
-    graph = helper.make_graph(asm.nodes, "PurifyClassify" if unrolled else "PurifyOneStep", inputs,
-                              [_value_info(o, s) for o, s in outputs], asm.initializers)
+    name = "MinAuxPurifyClassify" if min_aux else "PurifyClassify" if unrolled else "PurifyOneStep"
+    graph = helper.make_graph(asm.nodes, name, inputs,
+                              [_value_info(o, s) for o, s in outputs] + extra_outputs, asm.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="pyengine", producer_version=_version())
     model.ir_version = 8  # the IR of opsets 17 and 18; TensorRT 8.x parsers refuse newer IRs
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def min_aux_radii(purifier: MinAuxPurifier) -> list[float]:
+    """The distinct radii e * delta of min-aux, e = 0..: radii beyond the reach of T steps repeat
+    the first of them (and lose ties to it), so the graph computes each result once."""
+    return [purifier.radii[e] for e in sorted(set(purifier._source))]
+
+
+def _min_aux(asm: _Assembler, traced: TracedPurifier, image: tuple[int, ...]) -> tuple[str, str]:
+    """Min-aux (Section 3.3) in the graph: -> (purified images, chosen radius) tensor names."""
+    radii, steps = min_aux_radii(traced.purifier), traced.purifier.steps
+    n = image[0]
+    images, losses = ["x"], [asm.inline(traced.loss_model, "radius0/loss/", {"x": "x"})["loss"]]
+    for e, radius in enumerate(radii[1:], 1):
+        eps = asm.initializer(f"radius{e}/eps", np.array(radius, np.float32))
+        xk = "x"  # zero init: SOAP's steps start at the input itself
+        for k in range(steps):
+            xk = asm.inline(traced.step_model, f"radius{e}/step{k}/", {"x0": "x", "xk": xk, "eps": eps})["x_next"]
+        images.append(xk)
+        losses.append(asm.inline(traced.loss_model, f"radius{e}/loss/", {"x": xk})["loss"])
+    axis0 = asm.initializer("select/axis0", np.array([0], np.int64))
+
+    def stack(tensors: list[str], what: str) -> str:
+        rows = [asm.node("Unsqueeze", [t, axis0], f"select/{what}{e}", f"select/Unsqueeze_{what}{e}")
+                for e, t in enumerate(tensors)]
+        return asm.node("Concat", rows, f"select/{what}s", f"select/Concat_{what}s", axis=0)
+
+    grid = stack(losses, "loss")  # [E, N]
+    # ArgMin returns the first minimum: ties go to the smaller radius, as MinAuxPurifier's.
+    best = asm.node("ArgMin", [grid], "select/best", "select/ArgMin", axis=0, keepdims=1, select_last_index=0)
+    candidates = stack(images, "image")  # [E, N, 3, H, W]
+    index = asm.node("Reshape", [best, asm.initializer("select/index_shape", np.array([1, n, 1, 1, 1], np.int64))],
+                     "select/index", "select/Reshape_index")
+    index = asm.node("Expand", [index, asm.initializer("select/image_shape", np.array([1, *image], np.int64))],
+                     "select/index_expanded", "select/Expand_index")
+    chosen = asm.node("GatherElements", [candidates, index], "select/chosen", "select/GatherElements", axis=0)
+    chosen = asm.node("Reshape", [chosen, asm.initializer("select/out_shape", np.array(image, np.int64))],
+                      "select/purified", "select/Reshape_purified")
+    flat = asm.node("Reshape", [best, asm.initializer("select/n", np.array([n], np.int64))], "select/best_flat",
+                    "select/Reshape_best")
+    radius = asm.node("Gather", [asm.initializer("select/radii", np.array(radii, np.float32)), flat], "radius",
+                      "select/Gather_radius", axis=0)
+    return chosen, radius
 
 
 def _shape(value_info: onnx.ValueInfoProto) -> list[int]:
@@ -295,6 +381,9 @@ def _sidecar(traced: TracedPurifier, path: Path, unrolled: bool, steps: int, inp
         "opset": traced.opset,
         "objective": traced.objective.settings(),
         "step": {"norm": step.norm, "eps": step.eps, "step_size": step.step_size, "random_start": step.random_start},
+        "selection": ({"method": "min-aux", "radii": min_aux_radii(purifier), "delta": purifier.delta,
+                       "n_radii": purifier.n_radii, "output": "radius: each image's chosen radius"}
+                      if isinstance(purifier, MinAuxPurifier) else None),
         "normalization": norm,
         "view_param_columns": VIEW_PARAM_COLUMNS,
         "random_inputs": {n: list(s) for n, s in traced.random_shapes.items()},

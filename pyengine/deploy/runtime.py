@@ -76,9 +76,15 @@ def _contrastive_randoms(rng, n, h, w, objective: dict) -> dict[str, np.ndarray]
     return {"view_params": draw_view_params(rng, n, h, w, objective["view_sampler"])}
 
 
+def _no_randoms(rng, n, h, w, objective: dict) -> dict[str, np.ndarray]:
+    return {}
+
+
 # One step's random inputs per objective (sidecar "objective.name"): a new exportable objective
-# adds its host sampler here, drawing what its ExportableObjective.draw draws.
-SAMPLERS = {"contrastive": _contrastive_randoms}
+# adds its host sampler here, drawing what its ExportableObjective.draw draws. SOAP's
+# objectives are deterministic at test time (no corruption, a fixed view) and draw nothing.
+SAMPLERS = {"contrastive": _contrastive_randoms, "rotation": _no_randoms, "consistency": _no_randoms,
+            "reconstruction": _no_randoms}
 
 
 def default_providers() -> list[str]:
@@ -190,7 +196,10 @@ class OnnxPurifier:
             start_noise, randoms = self.draw()
         start_noise, randoms = self._check_draws(start_noise, randoms)
         if self.form == "unrolled":
-            logits, images = self.session.run(["logits", "purified"], {"x": x, "start_noise": start_noise, **randoms})
+            feeds = {"x": x, "start_noise": start_noise, **randoms}
+            # A min-aux model starts every radius at x itself and has no start_noise input.
+            feeds = {i["name"]: feeds[i["name"]] for i in self.meta["inputs"]}
+            logits, images = self.session.run(["logits", "purified"], feeds)
             return OnnxPurifyResult(logits, images)
         xk = np.clip(x + start_noise, 0, 1)
         for k in range(self.steps):
