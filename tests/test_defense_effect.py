@@ -17,7 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 def batch():
     if not DATA.exists():
         pytest.skip(f"CIFAR-10 copy not found at {DATA}")
-    data = load_cifar10(DATA, "test", limit=24)
+    data = load_cifar10(DATA, "test", limit=64)
     return data.float_images(), data.labels
 
 
@@ -31,9 +31,9 @@ def test_attack_raises_contrastive_loss_and_purification_lowers_it(batch):
     x, y = batch
     purifier = Purifier.from_checkpoint(DEFAULT_CHECKPOINT, steps=10)
     indices = torch.arange(len(y))
-    x_adv = PGD(purifier.classifier, eps=8 / 255, steps=5).perturb(x, y, generator=CounterRandom(0, indices))
-    # Average over several view draws: L_s is a random quantity.
-    loss = lambda t: torch.stack([purifier.loss(t, generator=CounterRandom(s, indices)) for s in range(4)]).mean(0)  # noqa: E731
+    x_adv = PGD(purifier.classifier, eps=8 / 255, steps=10).perturb(x, y, generator=CounterRandom(0, indices))
+    # L_s is a random quantity (random views): average over 8 draws, then over the images.
+    loss = lambda t: torch.stack([purifier.loss(t, generator=CounterRandom(s, indices)) for s in range(8)]).mean(0)  # noqa: E731
     clean, attacked = loss(x), loss(x_adv)
     assert attacked.mean() > clean.mean()
     purified = purifier.purify(x_adv, generator=CounterRandom(9, indices))
