@@ -1,4 +1,4 @@
-// Argument checks shared by the CPU and CUDA kernels of contrastive_loss and projection_step.
+// Argument checks shared by the CPU and CUDA kernels of every op.
 // They are defined beside each op's schema (csrc/<op>.cpp); every message names the op, the
 // argument, what was expected and what came.
 #pragma once
@@ -27,5 +27,14 @@ Norm check_projection_step(const char* op, const at::Tensor& x, const at::Tensor
 // Adds grad_out, shaped like x, to the forward checks.
 Norm check_projection_step_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& grad,
                                     const at::Tensor& x0, double step_size, double eps, c10::string_view norm);
+
+// x [N, 3, H, W] floating, params float32 [M, 10] with M a multiple of N, out sizes >= 1;
+// returns the empty output in the asked dtype and memory format.
+at::Tensor checked_views_output(const at::Tensor& x, const at::Tensor& params, int64_t out_h, int64_t out_w,
+                                std::optional<at::ScalarType> out_dtype, bool channels_last);
+
+// Adds grad [M, 3, out_h, out_w] to the forward checks.
+void check_views_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& params, int64_t out_h,
+                          int64_t out_w);
 
 }  // namespace pyengine::ops::detail

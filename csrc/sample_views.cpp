@@ -7,6 +7,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "checks.h"
+
 namespace pyengine::ops::detail {
 
 namespace {

@@ -17,19 +17,13 @@
 #include <c10/util/MathConstants.h>
 #include <torch/library.h>
 
+#include "../checks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace pyengine::ops {
-
-namespace detail {
-// Defined in csrc/sample_views.cpp.
-at::Tensor checked_views_output(const at::Tensor& x, const at::Tensor& params, int64_t out_h, int64_t out_w,
-                                std::optional<at::ScalarType> out_dtype, bool channels_last);
-void check_views_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& params, int64_t out_h,
-                          int64_t out_w);
-}  // namespace detail
 
 namespace {
 

@@ -17,15 +17,9 @@
 #include <c10/util/MathConstants.h>
 #include <torch/library.h>
 
-namespace pyengine::ops {
+#include "../checks.h"
 
-namespace detail {
-// Defined in csrc/sample_views.cpp.
-at::Tensor checked_views_output(const at::Tensor& x, const at::Tensor& params, int64_t out_h, int64_t out_w,
-                                std::optional<at::ScalarType> out_dtype, bool channels_last);
-void check_views_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& params, int64_t out_h,
-                          int64_t out_w);
-}  // namespace detail
+namespace pyengine::ops {
 
 namespace {
 
