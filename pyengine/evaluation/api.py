@@ -41,11 +41,10 @@ def evaluate(purifier, data: ImageSet, config: EvalConfig, out: str | Path, *, r
 
 
 def finish(run: Evaluation, units, *, figure_images: int = 0, manifest: dict | None = None) -> dict:
-    records = load_records(run.out, run.config)
-    missing = [u.filename for u in units if u.attack not in records
-               or not any(r["index"] == u.start for r in records[u.attack])]
+    missing = [u.filename for u in run.missing(units)]
     if missing:
         raise RuntimeError(f"evaluation incomplete, missing units: {missing[:5]} (+{max(0, len(missing) - 5)})")
+    records = load_records(run.out, run.config)
     summary = summarize(records, run.config, manifest)
     write_report(run.out, summary)
     if figure_images:

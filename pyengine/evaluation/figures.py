@@ -51,6 +51,17 @@ def _attack_sweep(purifier, x, y, attacks: list, seed: int) -> dict[str, list[fl
     return data
 
 
+def _plot_sweep(xs: list[float], data: dict, xlabel: str, out: Path, name: str) -> Path:
+    """Robust accuracy, Standard vs Purified, along one swept setting."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label in (("standard", "Standard"), ("purified", "Purified")):
+        ax.plot(xs, [100 * a for a in data[key]], "o-", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("robust accuracy (%)")
+    ax.legend()
+    return _save(fig, out, name, data)
+
+
 def _with(purifier, **changes):
     """A copy of ``purifier`` with other steps/step-rule settings (models shared, not copied)."""
     clone = copy.copy(purifier)
@@ -97,14 +108,7 @@ def robustness_vs_eps(purifier, x, y, attack_at: AttackAt, eps_values: list[floa
                       *, seed: int = 0) -> Path:
     """Fig. 6: robust accuracy vs attack radius, Standard vs Purified (static attack)."""
     data = {"eps": eps_values, **_attack_sweep(purifier, x, y, [attack_at(eps) for eps in eps_values], seed)}
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ticks = [255 * e for e in eps_values]
-    ax.plot(ticks, [100 * a for a in data["standard"]], "o-", label="Standard")
-    ax.plot(ticks, [100 * a for a in data["purified"]], "o-", label="Purified")
-    ax.set_xlabel("attack eps (x/255)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.legend()
-    return _save(fig, out, "fig6_robustness_vs_eps", data)
+    return _plot_sweep([255 * e for e in eps_values], data, "attack eps (x/255)", out, "fig6_robustness_vs_eps")
 
 
 def tradeoff_eps_v(purifier, x, y, x_adv, eps_v_values: list[float], out: Path, *, seed: int = 0) -> Path:
@@ -161,10 +165,4 @@ def lambda_tradeoff(purifier, x, y, attack_at_lambda: Callable[[float], object],
                     out: Path, *, seed: int = 0) -> Path:
     """Fig. 4 / Table 6: defense-aware attacks L_c - lambda * L_s, Standard vs Purified."""
     data = {"lambda": lambdas, **_attack_sweep(purifier, x, y, [attack_at_lambda(lam) for lam in lambdas], seed)}
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(lambdas, [100 * a for a in data["standard"]], "o-", label="Standard")
-    ax.plot(lambdas, [100 * a for a in data["purified"]], "o-", label="Purified")
-    ax.set_xlabel("lambda_s")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.legend()
-    return _save(fig, out, "fig4_lambda_tradeoff", data)
+    return _plot_sweep(lambdas, data, "lambda_s", out, "fig4_lambda_tradeoff")

@@ -116,9 +116,12 @@ class Evaluation:
             self._attacks[spec] = self.attack_factory(spec)
         return self._attacks[spec]
 
+    def missing(self, units: list[Unit]) -> list[Unit]:
+        """The units without a result file (each file is written whole, see run)."""
+        return [u for u in units if not (self.out / "units" / u.filename).exists()]
+
     def run(self, units: list[Unit]) -> None:
-        todo = [u for u in units if not (self.out / "units" / u.filename).exists()]
-        bar = tqdm(todo, desc="eval", disable=not self.progress, unit="batch")
+        bar = tqdm(self.missing(units), desc="eval", disable=not self.progress, unit="batch")
         for unit in bar:
             bar.set_postfix(attack=unit.attack, images=f"{unit.start}-{unit.stop}")
             records = self.run_unit(unit)
