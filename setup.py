@@ -39,10 +39,13 @@ def _extensions() -> tuple[list, dict]:
     if (platform.machine() in ("x86_64", "AMD64") and os.environ.get("PYENGINE_PORTABLE") != "1"
             and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
         cxx += ["-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    # -fmad=false is nvcc's -ffp-contract=off: no fused multiply-adds, so the fp32 crop coordinates
+    # and colour matrices round like the reference's separate ops (FMAs moved taps by ~1e-6 px).
+    nvcc = ["-O3", "-fmad=false"]
     files = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if with_cuda:
         ext = CUDAExtension("pyengine._C", files + sources("csrc/cuda/*.cu"), define_macros=[("WITH_CUDA", None)],
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]})
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc})
     else:
         ext = CppExtension("pyengine._C", files, extra_compile_args={"cxx": cxx})
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

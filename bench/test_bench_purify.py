@@ -5,8 +5,10 @@
 
 Settings from the environment: PYENGINE_BENCH_MODEL (default preact_resnet_tiny),
 PYENGINE_BENCH_STEPS (K; default 40 on CUDA, 10 on the CPU), PYENGINE_BENCH_BATCHES
-(default 1,32,128,512 on CUDA, 1,32,128 on the CPU). Random weights: speed does not
-depend on them. FLOPs are counted with torch.utils.flop_counter on one engine step
+(default 1,32,128,512 on CUDA, 1,32,128 on the CPU), PYENGINE_BENCH_VARIANTS (an ablation of
+the engine's levers, e.g. ``fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-graph,bf16-nhwc-graph-compile``; default
+none). Random weights: speed does not depend on them. On CUDA each result also records the
+peak GPU memory of the call. FLOPs are counted with torch.utils.flop_counter on one engine step
 (forward and input-gradient backward of all views); both paths are credited with the
 same useful FLOPs, so the published loop's weight gradients count as waste.
 """
@@ -26,6 +28,15 @@ MODEL = os.environ.get("PYENGINE_BENCH_MODEL", "preact_resnet_tiny")
 STEPS = int(os.environ.get("PYENGINE_BENCH_STEPS", 40 if DEVICE == "cuda" else 10))
 BATCHES = [int(b) for b in os.environ.get("PYENGINE_BENCH_BATCHES",
                                           "1,32,128,512" if DEVICE == "cuda" else "1,32,128").split(",")]
+VARIANTS = [v for v in os.environ.get("PYENGINE_BENCH_VARIANTS", "").split(",") if v]
+
+
+def variant_settings(name: str) -> dict:
+    """``fp32|bf16|fp16`` + optional ``-nhwc`` + ``-eager|-graph`` + optional ``-compile`` ->
+    Purifier keyword arguments."""
+    precision, *rest = name.split("-")
+    return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
+            "compile": "compile" in rest}
 
 
 def device_name():
@@ -38,8 +49,10 @@ def device_name():
     return f"{model}, {os.cpu_count()} cores"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def models():
+    # Fresh per test: the engine converts its classifier to channels_last on CUDA, and the
+    # published loop must get the model as a user hands it over (NCHW, fp32).
     torch.manual_seed(0)
     cfg = model_config(MODEL)
     classifier = create_model(MODEL).to(DEVICE).eval()
@@ -72,16 +85,33 @@ def timed(fn):
     return run
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-def test_engine(benchmark, models, batch):
+def run_rounds(benchmark, fn, batch):
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(timed(fn), rounds=3 if batch < 128 else 1, warmup_rounds=1)
+    if DEVICE == "cuda":
+        benchmark.extra_info["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+def bench_engine(benchmark, models, batch, path, **settings):
     classifier, head, bank = models
-    purifier = Purifier(classifier, head, steps=STEPS, bank=bank)
+    purifier = Purifier(classifier, head, steps=STEPS, bank=bank, **settings)
     x = torch.rand(batch, 3, 32, 32, device=DEVICE)
     flops = step_flops(purifier, x) * STEPS / batch
-    record(benchmark, "engine", batch, flops)
+    record(benchmark, path, batch, flops)
     gen = torch.Generator().manual_seed(1)
-    benchmark.pedantic(timed(lambda: purifier.purify(x, generator=gen)), rounds=3 if batch < 128 else 1,
-                       warmup_rounds=1)
+    run_rounds(benchmark, lambda: purifier.purify(x, generator=gen), batch)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_engine(benchmark, models, batch):
+    bench_engine(benchmark, models, batch, "engine")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_engine_variant(benchmark, models, batch, variant):
+    bench_engine(benchmark, models, batch, f"variant:{variant}", **variant_settings(variant))
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -91,5 +121,4 @@ def test_published_loop(benchmark, models, batch):
     flops = step_flops(Purifier(classifier, head, steps=STEPS, bank=bank), x) * STEPS / batch
     record(benchmark, "published", batch, flops)
     gen = torch.Generator().manual_seed(1)
-    benchmark.pedantic(timed(lambda: published_purify(classifier, head, x, steps=STEPS, generator=gen)),
-                       rounds=3 if batch < 128 else 1, warmup_rounds=1)
+    run_rounds(benchmark, lambda: published_purify(classifier, head, x, steps=STEPS, generator=gen), batch)

@@ -25,13 +25,19 @@ C10_HOST_DEVICE T dmax(T a, T b) {
 
 // The L-inf step of one element, each intermediate rounded to scalar_t where the reference's
 // separate ops round it (a no-op for fp32/fp64), so fp16/bf16 results match bit for bit.
+// The reference's Python scalars (step_size, eps) reach ATen's CPU kernels cast to x's dtype
+// but its CUDA kernels in opmath precision: ``scalars_in_input_dtype`` picks the device's rule.
 template <typename scalar_t>
 struct LinfStep {
   using op_t = at::opmath_type<scalar_t>;
-  op_t a, e;  // step_size and eps as the reference sees them: Python scalars cast to x's dtype
+  op_t a, e;  // step_size and eps as the reference sees them on this device
 
-  LinfStep(double step_size, double eps)
-      : a(static_cast<op_t>(static_cast<scalar_t>(step_size))), e(static_cast<op_t>(static_cast<scalar_t>(eps))) {}
+  LinfStep(double step_size, double eps, bool scalars_in_input_dtype)
+      : a(scalar(step_size, scalars_in_input_dtype)), e(scalar(eps, scalars_in_input_dtype)) {}
+
+  static op_t scalar(double v, bool in_input_dtype) {
+    return in_input_dtype ? static_cast<op_t>(static_cast<scalar_t>(v)) : static_cast<op_t>(v);
+  }
 
   static C10_HOST_DEVICE op_t round(op_t v) { return static_cast<op_t>(static_cast<scalar_t>(v)); }
   C10_HOST_DEVICE op_t stepped(op_t x, op_t g) const {

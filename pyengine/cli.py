@@ -36,7 +36,7 @@ def _cmd_train_classifier(args) -> None:
     from .train import ClassifierTrainConfig, train_classifier
 
     torch_threads(args)
-    model = create_model(args.model)
+    model = create_model(args.model).to(_train_device(args))
     config = ClassifierTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    adversarial=args.adversarial, eps=args.eps, seed=args.seed,
                                    aux=args.aux, alpha=args.alpha, noise_sigma=args.noise_sigma,
@@ -57,9 +57,11 @@ def _cmd_train_head(args) -> None:
     from .train import HeadTrainConfig, train_head
 
     torch_threads(args)
-    ckpt = load_checkpoint(args.checkpoint)
+    device = _train_device(args)
+    ckpt = load_checkpoint(args.checkpoint, map_location=device)
     cfg = model_config(ckpt.manifest["architecture"])
-    head = ContrastiveHead(ckpt.classifier.num_features, args.hidden or cfg.head_hidden, args.dim or cfg.head_out)
+    head = ContrastiveHead(ckpt.classifier.num_features, args.hidden or cfg.head_hidden,
+                           args.dim or cfg.head_out).to(device)
     config = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              n_views=args.views, temperature=args.temperature, seed=args.seed)
     train = load_cifar10(args.data, "train", limit=args.limit)
@@ -136,9 +138,58 @@ def _cmd_bench(args) -> None:
     from .bench_table import load_rows, markdown
 
     try:
-        print(markdown(load_rows(args.json), args.peak_tflops))
+        print(markdown(load_rows(*args.json), args.peak_tflops))
     except (OSError, ValueError, KeyError) as err:
-        raise SystemExit(f"pyengine bench: error: cannot read {args.json}: {err}")
+        raise SystemExit(f"pyengine bench: error: cannot read {', '.join(map(str, args.json))}: {err}")
+
+
+def _cmd_parity(args) -> None:
+    import json
+
+    import torch
+
+    from .data import load_cifar10
+    from .demo import DEFAULT_CHECKPOINT
+    from .evaluation.parity import check_parity, load_paths, markdown
+
+    torch_threads(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    reference, fast = load_paths(checkpoint, device, precision=args.precision, compile=args.compile)
+    data = load_cifar10(args.data, "test", limit=args.n)
+    report = check_parity(reference, fast, data, attack=args.attack, eps=args.eps, batch_size=args.batch_size,
+                          seed=args.seed, tolerance=args.tolerance, robust_only=args.robust_only)
+    report["checkpoint"], report["data"] = str(checkpoint), f"CIFAR-10 test (JPEG copy) from {args.data}"
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"report: {args.out}")
+    if not report["passed"]:
+        raise SystemExit(1)
+
+
+def _train_device(args):
+    import torch
+
+    if args.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"pyengine {args.command}: error: --device {args.device} asked for, but CUDA is not available")
+    return device
+
+
+def _cmd_results(args) -> None:
+    from .evaluation.paper import results_markdown
+
+    text = results_markdown(args.runs, args.device_name)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
 
 
 def torch_threads(args) -> None:
@@ -174,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     _add_data_args(p)
     p.set_defaults(func=_cmd_train_classifier)
 
@@ -190,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     _add_data_args(p)
     p.set_defaults(func=_cmd_train_head)
 
@@ -238,10 +291,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_purify)
     p = sub.add_parser("bench", help="table of engine vs published-loop purification speed from a benchmark JSON")
-    p.add_argument("json", type=Path, help="written by: python -m pytest bench/test_bench_purify.py "
-                                           "--benchmark-only --benchmark-json FILE")
+    p.add_argument("json", type=Path, nargs="+", help="written by: python -m pytest bench/test_bench_purify.py "
+                                                      "--benchmark-only --benchmark-json FILE")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the roofline fraction")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("parity", help="robust-accuracy gain of the fast path (bf16, CUDA graph) vs the fp32 "
+                                      "reference path; exit status 1 when it differs by more than the tolerance")
+    p.add_argument("--checkpoint", type=Path, default=None, help="contrastive checkpoint (default: the embedded one)")
+    _add_data_args(p)
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (default: %(default)s)")
+    p.add_argument("--attack", default="pgd10", help="static attack spec (default: %(default)s)")
+    p.add_argument("--eps", type=parse_fraction, default=8 / 255, help="attack budget (default: 8/255)")
+    p.add_argument("--tolerance", type=float, default=0.5, help="allowed gain difference in points (default: 0.5)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="the fast path's precision (default: auto, bf16 on CUDA)")
+    p.add_argument("--compile", action="store_true", help="the fast path compiles its backbone (torch.compile)")
+    p.add_argument("--robust-only", action="store_true", help="purify only the attacked images (half the time)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("results", help="docs/RESULTS.md: our evaluation runs beside the papers' numbers")
+    p.add_argument("runs", type=Path, help="root holding <setting>/results.json (scripts/reproduce_papers.sh)")
+    p.add_argument("--device-name", default="an unnamed machine", help="the machine the runs used, for the text")
+    p.add_argument("--out", type=Path, default=None, help="write here instead of printing")
+    p.set_defaults(func=_cmd_results)
 
     from .deploy.cli import register as register_export
     register_export(sub)

@@ -98,7 +98,7 @@ def _aux_setup(model: nn.Module, config: ClassifierTrainConfig, head: nn.Module 
 
 def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
              generator: torch.Generator) -> torch.Tensor:
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * eps).to(x.device)
     delta.requires_grad_(True)
     loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
     grad, = torch.autograd.grad(loss, delta)
@@ -109,8 +109,14 @@ def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500) -> float:
     model.eval()
-    correct = sum((model(x).argmax(1) == y).sum().item() for x, y in data.batches(batch_size))
+    device = _device_of(model)
+    correct = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in data.batches(batch_size))
     return correct / max(len(data), 1)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Training runs where the caller put the model (``model.to(device)``); batches follow it."""
+    return next(module.parameters()).device
 
 
 def command_line() -> str:
@@ -132,10 +138,12 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
     Rotation and reconstruction batches get the usual crop and flip first; label
     consistency draws its own crops and flips, as the authors' code. Metrics then also
     hold the last epoch's mean ``train_cls_loss`` and ``train_aux_loss``.
+    Training runs on the model's device (move it first: ``model.to("cuda")``).
     """
     if config.schedule not in SCHEDULES:
         raise ValueError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
     objective, head, alpha, sigma = _aux_setup(model, config, aux_head)
+    device = _device_of(model)
     out = Path(out)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -155,6 +163,7 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
         seen = correct = 0
         sums = [0.0, 0.0]
         for i, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = (_one_cycle(epoch * steps_per_epoch + i, total, config.lr)
                                if config.schedule == "onecycle" else _step_decay(epoch, config.epochs, config.lr))
@@ -268,6 +277,7 @@ def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str
                    desc=f"head epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         total = 0.0
         for x, _ in bar:
+            x = x.to(_device_of(head), non_blocking=True)
             with torch.no_grad():
                 features = classifier.forward_features(views(random_crop_flip(x, gen), generator=gen))
             loss = contrastive_loss(head(features), config.n_views, config.temperature,
@@ -282,7 +292,7 @@ def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str
         if progress:
             tqdm.write(f"head epoch {epoch + 1}: mean contrastive loss {total / steps_per_epoch:.4f}")
     head.eval()
-    bank_images = train.subset(config.bank_images).float_images()
+    bank_images = train.subset(config.bank_images).float_images().to(_device_of(head))
     objective = ContrastiveObjective(classifier, head, views, temperature=config.temperature)
     bank = objective.build_bank(bank_images, generator=gen)
     save_checkpoint(out, classifier, head=head, aux={"contrastive_bank": bank},

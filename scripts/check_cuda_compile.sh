@@ -35,7 +35,7 @@ fi
 for src in "${sources[@]}"; do
   echo "check_cuda_compile: $src"
   start=$SECONDS
-  if ! "$NVCC" -c "$src" -o "$TMP/$(basename "$src" .cu).o" -std=c++20 -O3 -arch=sm_90 \
+  if ! "$NVCC" -c "$src" -o "$TMP/$(basename "$src" .cu).o" -std=c++20 -O3 -fmad=false -arch=sm_90 \
       -Xcompiler -fPIC --expt-relaxed-constexpr \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ -DWITH_CUDA -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H \

@@ -110,3 +110,18 @@ def test_benchmark_entry_point_returns_the_robustbench_style_numbers(setup):
     assert result["worst_case"] <= min(result["clean"], *result["attacks"].values())
     with pytest.raises(ValueError, match="threat_model"):
         pyengine.benchmark(purifier, n_examples=5, data=data, threat_model="L1")
+
+
+def test_results_document_puts_the_papers_numbers_beside_ours_and_names_missing_runs(setup, tmp_path):
+    from pyengine.evaluation.paper import results_markdown
+
+    purifier, data = setup
+    config = EvalConfig(attacks=["pgd50"], n=7, batch_size=7)
+    summary = summarize(run(purifier, data, config, tmp_path / "eval"), config)
+    (tmp_path / "runs" / "adversarial").mkdir(parents=True)
+    (tmp_path / "runs" / "adversarial" / "results.json").write_text(json.dumps(summary))
+    text = results_markdown(tmp_path / "runs", "a test machine")
+    ours = 100 * summary["attacks"]["pgd50"]["purified"]
+    assert f"| pgd50 | static | {100 * summary['attacks']['pgd50']['standard']:.2f} | {ours:.2f} | 52.40 | 54.59 |" in text
+    assert "Not run yet (no" in text and text.count("Not run yet") == 3
+    assert "a test machine" in text and "7 CIFAR-10 test images" in text

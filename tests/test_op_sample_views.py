@@ -213,12 +213,15 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize("size", SIZES + [(2, 2, 96, 80, 112, 100)])
 def test_cuda_matches_reference(size):
     n, v, h, w, oh, ow = size
-    for dtype, atol in ((torch.float32, 1e-5), (torch.float64, 1e-6)):
+    # The CPU and CUDA references differ themselves: ATen's CUDA division by a Python scalar
+    # multiplies by its reciprocal, which moves the fp32 crop coordinates by an ulp (measured on
+    # an H200: up to 3.1e-5 in fp32 and 1.5e-6 in fp64 on these sizes), hence a looser cross-device bound.
+    for dtype, atol, cross_device in ((torch.float32, 1e-5, 1e-4), (torch.float64, 1e-6, 1e-5)):
         x, p = inputs(n, v, h, w, dtype, "cuda")
         x.requires_grad_()
         out = fused(x, p, oh, ow)
         torch.testing.assert_close(out, sample_views_reference(x, p, oh, ow), atol=atol, rtol=0)
-        torch.testing.assert_close(out.cpu(), fused(x.detach().cpu(), p.cpu(), oh, ow), atol=atol, rtol=0)
+        torch.testing.assert_close(out.cpu(), fused(x.detach().cpu(), p.cpu(), oh, ow), atol=cross_device, rtol=0)
         g = torch.randn_like(out)
         got, = torch.autograd.grad(out, x, g)
         want, = torch.autograd.grad(sample_views_reference(x, p, oh, ow), x, g)

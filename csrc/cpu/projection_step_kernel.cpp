@@ -36,7 +36,7 @@ constexpr int64_t kGrain = 32768;  // elements per task, as ATen's at::internal:
 template <typename scalar_t>
 void linf_forward(const scalar_t* x, const scalar_t* g, const scalar_t* x0, scalar_t* out, int64_t numel,
                   double step_size, double eps) {
-  const detail::LinfStep<scalar_t> step(step_size, eps);
+  const detail::LinfStep<scalar_t> step(step_size, eps, /*scalars_in_input_dtype=*/true);
   at::parallel_for(0, numel, kGrain, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
@@ -58,7 +58,7 @@ template <typename scalar_t>
 void linf_backward(const scalar_t* go, const scalar_t* x, const scalar_t* g, const scalar_t* x0, scalar_t* gx,
                    scalar_t* gx0, int64_t numel, double step_size, double eps) {
   using op_t = at::opmath_type<scalar_t>;
-  const detail::LinfStep<scalar_t> step(step_size, eps);
+  const detail::LinfStep<scalar_t> step(step_size, eps, /*scalars_in_input_dtype=*/true);
   at::parallel_for(0, numel, kGrain, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     if constexpr (std::is_same_v<scalar_t, op_t>) {

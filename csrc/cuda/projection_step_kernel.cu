@@ -145,7 +145,7 @@ void step_into(const at::Tensor& out, const at::Tensor& x, const at::Tensor& gra
     scalar_t* op = out.data_ptr<scalar_t>();
     if (norm == Norm::Linf) {
       linf_forward_kernel<scalar_t><<<elementwise_blocks(x.numel()), kThreads, 0, stream>>>(
-          xp, gp, x0p, op, x.numel(), LinfStep<scalar_t>(step_size, eps));
+          xp, gp, x0p, op, x.numel(), LinfStep<scalar_t>(step_size, eps, /*scalars_in_input_dtype=*/false));
     } else {
       l2_forward_kernel<scalar_t><<<static_cast<unsigned>(x.size(0)), kThreads, 0, stream>>>(
           xp, gp, x0p, op, x.numel() / x.size(0), step_size, eps);
@@ -193,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor> projection_step_backward_cuda(const at::Tenso
     scalar_t *gxp = gx.data_ptr<scalar_t>(), *gx0p = gx0.data_ptr<scalar_t>();
     if (n == Norm::Linf) {
       linf_backward_kernel<scalar_t><<<elementwise_blocks(x.numel()), kThreads, 0, stream>>>(
-          gop, xp, gp, x0p, gxp, gx0p, x.numel(), LinfStep<scalar_t>(step_size, eps));
+          gop, xp, gp, x0p, gxp, gx0p, x.numel(), LinfStep<scalar_t>(step_size, eps, /*scalars_in_input_dtype=*/false));
     } else {
       l2_backward_kernel<scalar_t><<<static_cast<unsigned>(x.size(0)), kThreads, 0, stream>>>(
           gop, xp, gp, x0p, gxp, gx0p, x.numel() / x.size(0), step_size, eps);

@@ -41,15 +41,17 @@ Strides strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// The two source taps of one output coordinate, in fp32 with the reference's operation order.
+// The two source taps of one output coordinate, in fp32 with the reference's operation order
+// and rounding on CUDA: ATen's CUDA division by a Python scalar multiplies by the scalar's
+// rounded reciprocal, so "/ out" here is "* (1 / out)" (built with -fmad=false: no FMAs).
 struct Tap {
   int64_t lo, hi;
   float w_lo, w_hi;
 };
 
 __device__ __forceinline__ Tap axis_tap(float start, float length, int64_t size, int64_t out, int64_t i) {
-  float src = (start + (static_cast<float>(i) + 0.5f) * length / static_cast<float>(out)) *
-                  static_cast<float>(size) - 0.5f;
+  const float inv_out = 1.0f / static_cast<float>(out);
+  float src = (start + (static_cast<float>(i) + 0.5f) * length * inv_out) * static_cast<float>(size) - 0.5f;
   // Written so that a NaN coordinate lands on tap 0 instead of an out-of-bounds index.
   src = src > 0.0f ? src : 0.0f;
   src = src < static_cast<float>(size - 1) ? src : static_cast<float>(size - 1);
@@ -78,11 +80,12 @@ struct Colour {
 template <typename acc_t>
 __device__ Colour<acc_t> view_colour(const float* p) {
   Colour<acc_t> k{p[kBrightness], p[kContrast], p[kSaturation], {}, p[kGrayscale] > 0.5f};
-  // hue_matrices: Rodrigues rotation by 2*pi*hue about the grey axis, built in fp32.
+  // hue_matrices: Rodrigues rotation by 2*pi*hue about the grey axis, built in fp32 (its
+  // "/ sqrt(3)" is a reciprocal multiply on CUDA, as in axis_tap).
   const float theta = static_cast<float>(2.0 * c10::pi<double>) * p[kHue];
-  const float cos_t = cosf(theta), sin_t = sinf(theta), sqrt3 = sqrtf(3.0f);
+  const float cos_t = cosf(theta), sin_t = sinf(theta), inv_sqrt3 = 1.0f / sqrtf(3.0f);
   for (int r = 0; r < 9; ++r) {
-    k.rot[r] = (r % 4 == 0 ? cos_t : 0.0f) + (1.0f - cos_t) * (1.0f / 3.0f) + sin_t * kCross[r] / sqrt3;
+    k.rot[r] = (r % 4 == 0 ? cos_t : 0.0f) + (1.0f - cos_t) * (1.0f / 3.0f) + sin_t * kCross[r] * inv_sqrt3;
   }
   return k;
 }

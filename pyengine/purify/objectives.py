@@ -2,7 +2,9 @@
 
 An objective is an ``nn.Module`` mapping images ``x: Tensor[N, 3, H, W]`` in [0, 1] to a
 per-image loss ``Tensor[N]``, differentiable in ``x``; it takes an optional
-``torch.Generator`` for its random draws. Summing the per-image losses keeps every image's
+``torch.Generator`` for its random draws. An objective that also offers ``draw(x, generator=,
+steps=)`` and ``forward(x, draws=)`` separates its randomness from its computation, which lets
+the purifier capture its K-step loop as one CUDA graph with the draws as graph inputs. Summing the per-image losses keeps every image's
 gradient its own, so the purifier treats images independently unless the objective ties
 them together (the paper's batch negatives).
 """
@@ -26,6 +28,10 @@ class ContrastiveObjective(nn.Module):
     an image then depends on that image alone, and a batch of one works. ``"batch"``
     reproduces the paper's code: the negatives are the views of the other images in the
     batch, so predictions depend on the batch-mates and a batch of one cannot be purified.
+
+    Under ``torch.autocast`` the views are rendered in the autocast dtype and the loss is
+    still computed in fp32. ``channels_last`` renders the views in NHWC, the layout cuDNN's
+    tensor-core convolutions prefer (the purifier sets it for a channels_last backbone).
     """
 
     def __init__(self, classifier: nn.Module, head: nn.Module, views: ViewSampler | None = None, *,
@@ -46,10 +52,21 @@ class ContrastiveObjective(nn.Module):
         self.classifier, self.head = classifier, head
         self.views = views or ViewSampler()
         self.temperature, self.negatives = temperature, negatives
+        self.channels_last = False
+        self._compiled_features = None
         self.register_buffer("bank", None if bank is None else bank.detach().float())
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
-        return self.head(self.classifier.forward_features(views))
+        features = self._compiled_features or self.classifier.forward_features
+        return self.head(features(views))
+
+    def compile_backbone(self, backend: str = "inductor") -> None:
+        """Run the classifier's ``forward_features`` through ``torch.compile`` from now on.
+
+        Inductor fuses the batch-norm/ReLU chains of forward and input-gradient backward, the
+        bulk of a purification step's memory traffic; it compiles once per input shape.
+        """
+        self._compiled_features = torch.compile(self.classifier.forward_features, backend=backend, dynamic=False)
 
     @torch.no_grad()
     def build_bank(self, clean: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -59,14 +76,26 @@ class ContrastiveObjective(nn.Module):
         self.bank = torch.cat(parts).float()
         return self.bank
 
-    def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
+             steps: int | None = None) -> torch.Tensor:
+        """The view parameters of one call, [V*N, P], or of ``steps`` calls, [steps, V*N, P], on x's device."""
+        n, _, h, w = x.shape
+        return self.views.draw(n, h, w, generator=generator, steps=steps).to(x.device)
+
+    def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
+                draws: torch.Tensor | None = None) -> torch.Tensor:
         if self.negatives == "bank" and self.bank is None:
             raise ValueError("the bank of negatives is empty: load a checkpoint that carries one "
                              "(train-head writes it) or call build_bank(clean_images)")
         if self.negatives == "batch" and x.shape[0] < 2:
             raise ValueError("negatives='batch' needs at least 2 images per batch (the other images "
                              "are the negatives); use the default negatives='bank' for single images")
-        z = self.embed(self.views(x, generator=generator))
+        if draws is None:
+            draws = self.draw(x, generator=generator)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        z = self.embed(self.views(x, draws, out_dtype=dtype, channels_last=self.channels_last))
         bank = self.bank.to(z.device) if self.negatives == "bank" else None
+        z = z.to(torch.promote_types(z.dtype, torch.float32))  # the loss in fp32 (or fp64) under autocast
         return contrastive_loss(z, self.views.n_views, self.temperature, bank,
                                 batch_negatives=self.negatives == "batch")

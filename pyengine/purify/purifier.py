@@ -7,15 +7,21 @@ L_s from a (random) start inside the eps_v ball; ``forward`` classifies the resu
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from ..random import Random, as_random
+from .graphs import CapturedDescent, GraphCache
 from .objectives import ContrastiveObjective
 from .steps import ProjectedStep
 from .views import ViewSampler
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PurifyResult(NamedTuple):
@@ -66,19 +72,35 @@ class Purifier(nn.Module):
         eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255).
         seed: when given, every call draws the same randomness (a deterministic defense);
             else the global RNG (or the ``generator`` passed to ``purify``) is used.
+        precision: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``: the autocast dtype of the backbone during purification. The iterates,
+            the step and the loss stay fp32.
+        cuda_graph: on CUDA, capture the K-step loop as one CUDA graph per input shape and
+            replay it (needs an objective with ``draw``; calls with ``on_step`` run eagerly).
+        channels_last: on CUDA, convert the frozen classifier to channels_last (NHWC) on the
+            first call and render the views in that layout.
+        compile: ``torch.compile`` the backbone's feature extractor on the first call (True:
+            inductor; or a backend name). Off by default: each new batch shape compiles
+            anew (tens of seconds), which suits serving at fixed batch sizes, not one-off calls.
 
     The classifier and head are put in eval mode and frozen: purification differentiates
-    with respect to the input only.
+    with respect to the input only. ``precision="fp32", cuda_graph=False,
+    channels_last=False`` is the reference path the fast defaults are checked against
+    (``pyengine parity``).
     """
 
     def __init__(self, classifier: nn.Module, head: nn.Module | None = None, *,
                  objective: nn.Module | None = None, step: ProjectedStep | None = None,
                  steps: int = 40, eps: float = 16 / 255, step_size: float = 2 / 255, norm: str = "linf",
                  random_start: bool = True, n_views: int = 4, temperature: float = 0.2,
-                 negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None):
+                 negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None,
+                 precision: str = "auto", cuda_graph: bool = True, channels_last: bool = True,
+                 compile: bool | str = False):
         super().__init__()
         if not isinstance(steps, int) or not 0 <= steps <= 10_000:
             raise ValueError(f"steps must be an integer in [0, 10000], got {steps!r}")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'auto' or one of {tuple(PRECISIONS)}, got {precision!r}")
         if objective is None:
             if head is None:
                 raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
@@ -87,6 +109,12 @@ class Purifier(nn.Module):
         self.classifier, self.objective = classifier, objective
         self.step = step or ProjectedStep(eps, step_size, norm=norm, random_start=random_start)
         self.steps, self.seed = steps, seed
+        if compile and not hasattr(objective, "compile_backbone"):
+            raise ValueError(f"compile needs an objective with compile_backbone() (ContrastiveObjective), "
+                             f"got {type(objective).__name__}")
+        self.precision, self.cuda_graph, self.channels_last = precision, cuda_graph, channels_last
+        self.compile = "inductor" if compile is True else compile
+        self._graphs, self._nhwc_done, self._compiled = GraphCache(), False, False
         self.eval().requires_grad_(False)
         devices = {t.device for t in (*self.parameters(), *self.buffers())}
         if len(devices) > 1:
@@ -107,6 +135,61 @@ class Purifier(nn.Module):
         # Purification always uses inference behaviour (BN running statistics), whatever the caller sets.
         return super().train(False)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() move the weights: graphs captured on the old addresses are stale.
+        self._graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The backbone's dtype during purification on ``device`` (None: no autocast, fp32)."""
+        if self.precision == "auto":
+            return torch.bfloat16 if device.type == "cuda" else None
+        return PRECISIONS[self.precision]
+
+    def _autocast(self, device: torch.device):
+        dtype = self.autocast_dtype(device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        # No weight-cast cache: it cannot live inside a CUDA graph, and each weight is used once per step.
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+    def _prepare(self, device: torch.device) -> None:
+        if self.channels_last and device.type == "cuda" and not self._nhwc_done:
+            self.classifier.to(memory_format=torch.channels_last)
+            if hasattr(self.objective, "channels_last"):
+                self.objective.channels_last = True
+            self._nhwc_done = True
+        if self.compile and not self._compiled:
+            self.objective.compile_backbone(self.compile)
+            self._compiled = True
+
+    def _descent_step(self, xk: torch.Tensor, x0: torch.Tensor, draws: torch.Tensor | None = None,
+                      generator: Random | None = None) -> torch.Tensor:
+        """One step of Algorithm 1, moving ``xk`` in place; returns L_s at ``xk`` before it."""
+        leaf = xk.detach().requires_grad_(True)
+        with self._autocast(xk.device):
+            loss = (self.objective(leaf, generator=generator) if draws is None
+                    else self.objective(leaf, draws=draws))
+        grad, = torch.autograd.grad(loss.sum(), leaf)
+        self.step.step(xk, grad, x0)
+        return loss.detach()
+
+    def _use_graph(self, x: torch.Tensor, on_step) -> bool:
+        return (self.cuda_graph and x.is_cuda and on_step is None and self.steps > 0
+                and hasattr(self.objective, "draw"))
+
+    def _replay(self, x0: torch.Tensor, xk: torch.Tensor, generator: Random) -> tuple[torch.Tensor, torch.Tensor]:
+        draws = self.objective.draw(x0, generator=generator, steps=self.steps)
+        key = (tuple(x0.shape), x0.dtype, x0.device, self.steps, repr(self.step), self.autocast_dtype(x0.device))
+        try:
+            loop = self._graphs.get(key, lambda: CapturedDescent(self._descent_step, x0, draws))
+        except RuntimeError as err:  # e.g. an objective that syncs with the host cannot be captured
+            warnings.warn(f"Purifier: CUDA graph capture failed ({err}); purifying eagerly from now on",
+                          RuntimeWarning, stacklevel=3)
+            self.cuda_graph = False
+            return xk, self._descend_eagerly(xk, x0, generator, None, draws)
+        return loop.replay(x0, xk, draws)
+
     def _check_input(self, x: torch.Tensor) -> None:
         device = _module_device(self.classifier)
         if isinstance(x, torch.Tensor) and device is not None and x.device != device:
@@ -121,7 +204,7 @@ class Purifier(nn.Module):
     def loss(self, x: torch.Tensor, *, generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
         """L_s per image, Tensor[N] (no gradient)."""
         self._check_input(x)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast(x.device):
             return self.objective(x, generator=self._random(generator))
 
     def purify(self, x: torch.Tensor, *, generator: "torch.Generator | Random | None" = None,
@@ -133,31 +216,38 @@ class Purifier(nn.Module):
         record accuracy along the way (the paper's Fig. 5) or feature trajectories (Fig. 8).
         """
         self._check_input(x)
+        self._prepare(x.device)
         generator = self._random(generator)
         x0 = x.detach()
         xk = self.step.start(x0, generator=generator)
+        with torch.enable_grad():
+            if self._use_graph(x0, on_step):
+                xk, trace = self._replay(x0, xk, generator)
+            else:
+                trace = self._descend_eagerly(xk, x0, generator, on_step)
+        if not return_trace:
+            return xk
+        with torch.no_grad(), self._autocast(xk.device):
+            final = self.objective(xk, generator=generator)
+        return PurifyResult(xk, torch.cat([trace, final[None]]))
+
+    def _descend_eagerly(self, xk: torch.Tensor, x0: torch.Tensor, generator: Random,
+                         on_step: Callable[[int, torch.Tensor], None] | None,
+                         draws: torch.Tensor | None = None) -> torch.Tensor:
         trace = []
         if on_step is not None:
             on_step(0, xk)
-        with torch.enable_grad():
-            for k in range(1, self.steps + 1):
-                xk.requires_grad_(True)
-                loss = self.objective(xk, generator=generator)
-                grad, = torch.autograd.grad(loss.sum(), xk)
-                xk = xk.detach()
-                trace.append(loss.detach())
-                self.step.step(xk, grad, x0)
-                if on_step is not None:
-                    on_step(k, xk)
-        if not return_trace:
-            return xk
-        with torch.no_grad():
-            trace.append(self.objective(xk, generator=generator))
-        return PurifyResult(xk, torch.stack(trace))
+        for k in range(1, self.steps + 1):
+            step_draws = None if draws is None else draws[k - 1]
+            trace.append(self._descent_step(xk, x0, step_draws, generator))
+            if on_step is not None:
+                on_step(k, xk)
+        return torch.stack(trace) if trace else x0.new_empty(0, x0.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the purified input (no gradient flows through the purification)."""
         return self.classifier(self.purify(x))
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}, step={self.step!r}, seed={self.seed}"
+        return (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
+                f"cuda_graph={self.cuda_graph}, channels_last={self.channels_last}, compile={self.compile!r}")

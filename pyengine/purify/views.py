@@ -52,15 +52,25 @@ class ViewSampler:
     _UNIFORMS = 2 * _TRIES + 9  # per view: tries x (area, ratio), top, left, flip, gate, b, c, s, hue, gray
 
     def draw(self, n_images: int, height: int, width: int, *,
-             generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
-        """Parameters [n_views * n_images, NUM_VIEW_PARAMS] on the CPU, view-major.
+             generator: "torch.Generator | Random | None" = None, steps: int | None = None) -> torch.Tensor:
+        """Parameters [n_views * n_images, NUM_VIEW_PARAMS] on the CPU, view-major; with
+        ``steps``, the draws of that many consecutive calls, [steps, n_views * n_images, P].
 
         All uniforms of a call come from one ``rng.rand(n_images, ...)``, so with a
-        :class:`~pyengine.random.CounterRandom` an image's views depend on its index alone.
+        :class:`~pyengine.random.CounterRandom` an image's views depend on its index alone,
+        and ``steps=K`` draws exactly what K single calls would (the captured purify loop
+        draws a whole call's views up front).
         """
         rng = as_random(generator)
-        u = rng.rand(n_images, self.n_views * self._UNIFORMS, shared=self.shared_across_batch)
-        u = u.reshape(n_images, self.n_views, self._UNIFORMS).transpose(0, 1).reshape(-1, self._UNIFORMS)
+        calls = 1 if steps is None else steps
+        u = torch.stack([rng.rand(n_images, self.n_views * self._UNIFORMS, shared=self.shared_across_batch)
+                         for _ in range(calls)])
+        u = u.reshape(calls, n_images, self.n_views, self._UNIFORMS).transpose(1, 2).reshape(-1, self._UNIFORMS)
+        params = self._params(u, height, width)
+        return params if steps is None else params.view(steps, -1, params.shape[-1])
+
+    def _params(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Uniforms [M, _UNIFORMS] -> view parameters [M, NUM_VIEW_PARAMS]."""
         tries = self._TRIES
         params = vs.identity_view_params(u.shape[0])
         params[:, [vs.CROP_TOP, vs.CROP_LEFT, vs.CROP_HEIGHT, vs.CROP_WIDTH]] = self._crops(
@@ -91,8 +101,9 @@ class ViewSampler:
         return torch.stack([u_top * (1 - crop_h), u_left * (1 - crop_w), crop_h, crop_w], dim=1)
 
     def __call__(self, x: torch.Tensor, params: torch.Tensor | None = None, *,
-                 generator: "torch.Generator | Random | None" = None) -> torch.Tensor:
+                 generator: "torch.Generator | Random | None" = None, out_dtype: torch.dtype | None = None,
+                 channels_last: bool = False) -> torch.Tensor:
         n, _, h, w = x.shape
         if params is None:
             params = self.draw(n, h, w, generator=generator)
-        return vs.sample_views(x, params.to(x.device), h, w)
+        return vs.sample_views(x, params.to(x.device), h, w, out_dtype=out_dtype, channels_last=channels_last)

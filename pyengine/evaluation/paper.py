@@ -1,0 +1,82 @@
+"""docs/RESULTS.md from evaluation runs, with the papers' numbers beside ours.
+
+Each setting of ``SETTINGS`` names the directory ``pyengine eval --out`` wrote for it (a
+``results.json``) and the papers' reported accuracies (percent) for the attacks they report.
+Settings whose run is missing are listed as not run, never filled in.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runner import CLEAN
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # directory under the runs root
+    title: str
+    source: str  # where the published numbers come from
+    # attack spec -> (no defense, defended[, oracle]) as published; specs absent here get "—"
+    published: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+SETTINGS = (
+    Setting("standard", "Standard training, contrastive reverse attack (Mao et al.)",
+            "Mao et al., Section 7.B (PGD)", {"pgd50": (0.0, 34.4)}),
+    Setting("adversarial", "Adversarial training (FGSM-RS), contrastive reverse attack (Mao et al.)",
+            "Mao et al., Table 1 (RO PreRes-18)", {"pgd50": (52.40, 54.59), "cw200": (50.33, 53.48)}),
+    Setting("soap_lc", "SOAP, label consistency, min-aux (Shi et al.; ResNet-18 in the paper)",
+            "Shi et al., Table 2 (LC; no defense / min-aux / oracle; PGD)", {"pgd50": (0.00, 51.42, 62.29)}),
+    Setting("soap_rp", "SOAP, rotation prediction, min-aux (Shi et al.; ResNet-18 in the paper)",
+            "Shi et al., Table 2 (RP; no defense / min-aux / oracle; PGD)", {"pgd50": (0.47, 38.53, 39.40)}),
+)
+
+
+def _pct(value) -> str:
+    return "—" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def _published(values: tuple[float, ...] | None, index: int) -> str:
+    return "—" if values is None or index >= len(values) else f"{values[index]:.2f}"
+
+
+def setting_markdown(setting: Setting, summary: dict) -> str:
+    rows = summary["attacks"]
+    oracle = any(row.get("oracle") is not None for row in rows.values())
+    head = "| attack | kind | ours: no defense | ours: purified |" + (" ours: oracle |" if oracle else "")
+    head += " paper: no defense | paper: purified |" + (" paper: oracle |" if oracle else "")
+    lines = [f"### {setting.title}", "",
+             f"{summary['images']} CIFAR-10 test images (JPEG copy); `{summary['model'].get('architecture')}` "
+             f"from `{summary['model'].get('path')}`; published numbers: {setting.source}.", "", head,
+             "|" + " --- |" * (head.count("|") - 1)]
+    for name, row in rows.items():
+        kind = "clean" if name == CLEAN else ("adaptive" if row["adaptive"] else "static")
+        published = setting.published.get(name)
+        cells = [name, kind, _pct(row["standard"]), _pct(row["purified"])]
+        if oracle:
+            cells.append(_pct(row.get("oracle")))
+        cells += [_published(published, 0), _published(published, 1)]
+        if oracle:
+            cells.append(_published(published, 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    worst = summary["worst_case"]
+    lines += ["", f"Worst case per image: no defense {_pct(worst['standard'])}, purified under the static attacks "
+                  f"{_pct(worst['purified_static'])}, under all attacks {_pct(worst['purified_all'])}."]
+    return "\n".join(lines)
+
+
+def results_markdown(root: str | Path, device: str) -> str:
+    """The body of docs/RESULTS.md from ``root/<setting>/results.json``."""
+    root = Path(root)
+    parts = ["# Reproducing the papers on models trained here", "",
+             f"Runs under `{root}` on {device}; made by `scripts/reproduce_papers.sh`, which holds every "
+             "command. Accuracies in percent.", ""]
+    for setting in SETTINGS:
+        path = root / setting.name / "results.json"
+        if path.is_file():
+            parts += [setting_markdown(setting, json.loads(path.read_text())), ""]
+        else:
+            parts += [f"### {setting.title}", "", f"Not run yet (no `{path}`).", ""]
+    return "\n".join(parts)

@@ -1,0 +1,114 @@
+"""Speed must not buy a weaker defense: the fast path against the fp32 reference path.
+
+Both purifiers come from the same checkpoint and see the same adversarial examples (a
+static attack on the undefended classifier) and the same draws (counter-based, keyed by
+image index, so batching does not matter). The check passes when the robust-accuracy gain
+of the fast path (purified minus undefended) is within ``tolerance`` points of the
+reference path's gain.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..attacks import build_attack
+from ..data import ImageSet
+from ..models.checkpoint import read_manifest
+from ..purify import Purifier
+from ..random import CounterRandom
+
+REFERENCE_PATH = {"precision": "fp32", "cuda_graph": False, "channels_last": False}
+
+
+def load_paths(checkpoint: str | Path, device: torch.device, **fast_settings) -> tuple[Purifier, Purifier]:
+    """(reference, fast): the fp32 eager path and the default path of a contrastive checkpoint,
+    or the path ``fast_settings`` (Purifier keyword arguments) describe."""
+    if read_manifest(checkpoint).get("aux_task"):
+        raise ValueError(f"{checkpoint} is a SOAP checkpoint: its purifiers run fp32 only, there is no fast path to check")
+    reference = Purifier.from_checkpoint(checkpoint, map_location=device, **REFERENCE_PATH)
+    return reference, Purifier.from_checkpoint(checkpoint, map_location=device, **fast_settings)
+
+
+def _timed(device: torch.device, fn):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+@torch.no_grad()
+def _correct(classifier, x, y) -> torch.Tensor:
+    return (classifier(x).argmax(1) == y).cpu()
+
+
+def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack: str = "pgd10",
+                 eps: float = 8 / 255, batch_size: int = 500, seed: int = 0, tolerance: float = 0.5,
+                 robust_only: bool = False, progress: bool = True) -> dict:
+    """Accuracies (percent) of the undefended classifier and both paths, clean and under
+    ``attack``, the two robust-accuracy gains, their difference and the verdict.
+    ``robust_only`` skips purifying the clean images (half the time; the verdict needs only
+    the attacked ones)."""
+    device = next(reference.classifier.parameters()).device
+    attacker = build_attack(attack, classifier=reference.classifier, eps=eps, seed=seed)
+    splits = ("robust",) if robust_only else ("clean", "robust")
+    correct = {key: [] for key in ("standard_clean", "standard_robust",
+                                   *(f"{path}_{split}" for path in ("reference", "fast") for split in splits))}
+    seconds = {"reference": 0.0, "fast": 0.0}
+    max_difference = 0.0  # largest pixel difference between the two paths' purified images
+    for start in tqdm(range(0, len(data), batch_size), desc="parity", disable=not progress):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        x = data.images[index].to(device).float() / 255
+        y = data.labels[index].to(device)
+        x_adv = attacker.perturb(x, y, generator=CounterRandom(seed, index))
+        correct["standard_clean"].append(_correct(reference.classifier, x, y))
+        correct["standard_robust"].append(_correct(reference.classifier, x_adv, y))
+        purified = {}
+        for name, purifier in (("reference", reference), ("fast", fast)):
+            for split, inputs in (("clean", x), ("robust", x_adv))[-len(splits):]:
+                # The same draws for both paths (and a different stream for clean and attacked inputs).
+                rng = CounterRandom(seed + (1 if split == "clean" else 2), index)
+                purified[name, split], elapsed = _timed(device, lambda: purifier.purify(inputs, generator=rng))
+                seconds[name] += elapsed
+                correct[f"{name}_{split}"].append(_correct(purifier.classifier, purified[name, split], y))
+        difference = (purified["fast", "robust"] - purified["reference", "robust"]).abs().max().item()
+        max_difference = max(max_difference, 255 * difference)
+    acc = {key: 100 * torch.cat(flags).float().mean().item() for key, flags in correct.items()}
+    gain_reference = acc["reference_robust"] - acc["standard_robust"]
+    gain_fast = acc["fast_robust"] - acc["standard_robust"]
+    return {
+        "n": len(data), "attack": attack, "eps": eps, "seed": seed, "tolerance_points": tolerance,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "reference_path": REFERENCE_PATH,
+        "fast_path": {"precision": fast.precision, "cuda_graph": fast.cuda_graph, "channels_last": fast.channels_last,
+                      "compile": fast.compile, "autocast_dtype": str(fast.autocast_dtype(device) or torch.float32)},
+        "accuracy": acc, "gain_reference": gain_reference, "gain_fast": gain_fast,
+        "gain_difference": gain_fast - gain_reference,
+        "max_pixel_difference_255": max_difference,
+        "purify_seconds": seconds,
+        "passed": abs(gain_fast - gain_reference) <= tolerance,
+    }
+
+
+def markdown(report: dict) -> str:
+    acc = report["accuracy"]
+    fast = report["fast_path"]
+    lines = [f"Parity of the fast path ({fast['autocast_dtype']}, CUDA graph {fast['cuda_graph']}, "
+             f"channels_last {fast['channels_last']}, compile {fast.get('compile', False)}) "
+             f"against the fp32 reference path: {report['n']} images, {report['attack']} at eps "
+             f"{report['eps'] * 255:.0f}/255, device {report['device']}", "",
+             "| path | clean | robust | robust gain | purify time |", "| --- | ---: | ---: | ---: | ---: |",
+             f"| undefended | {acc['standard_clean']:.2f}% | {acc['standard_robust']:.2f}% | — | — |"]
+    for name in ("reference", "fast"):
+        clean = f"{acc[f'{name}_clean']:.2f}%" if f"{name}_clean" in acc else "—"
+        lines.append(f"| {name} | {clean} | {acc[f'{name}_robust']:.2f}% | "
+                     f"{report[f'gain_{name}']:+.2f} | {report['purify_seconds'][name]:.1f} s |")
+    verdict = "PASS" if report["passed"] else "FAIL"
+    lines += ["", f"gain difference {report['gain_difference']:+.2f} points (tolerance ±{report['tolerance_points']}): "
+              f"{verdict}"]
+    return "\n".join(lines)
