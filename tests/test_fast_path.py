@@ -124,3 +124,22 @@ def test_channels_last_backbone_and_views_on_cuda():
     reference = make_purifier("cuda", steps=1, channels_last=False)
     reference.purify(torch.rand(2, 3, 32, 32, device="cuda"))
     assert not reference.objective.channels_last
+
+
+def test_parity_report_balances_disagreements_and_signs_test_them():
+    from pyengine.data import ImageSet
+    from pyengine.evaluation.parity import check_parity, sign_test_p
+
+    reference = make_purifier(steps=2, precision="fp32")
+    fast = make_purifier(steps=2, precision="bf16")
+    gen = torch.Generator().manual_seed(0)
+    data = ImageSet((torch.rand(6, 3, 32, 32, generator=gen) * 255).to(torch.uint8),
+                    torch.randint(0, 10, (6,), generator=gen))
+    report = check_parity(reference, fast, data, attack="pgd2", batch_size=4, progress=False)
+    split = report["robust_disagreements"]
+    # The gain difference is exactly the balance of the images only one path defends.
+    assert report["gain_difference"] == pytest.approx(100 * (split["fast_only"] - split["reference_only"]) / 6)
+    assert report["passed"] == (abs(report["gain_difference"]) <= 0.5)
+    assert set(report["accuracy"]) == {"standard_clean", "standard_robust", "reference_clean", "reference_robust",
+                                       "fast_clean", "fast_robust"}
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(10, 3) == pytest.approx(2 * 378 / 2 ** 13)

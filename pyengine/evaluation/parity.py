@@ -8,6 +8,7 @@ reference path's gain.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -78,7 +79,12 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
                 correct[f"{name}_{split}"].append(_correct(purifier.classifier, purified[name, split], y))
         difference = (purified["fast", "robust"] - purified["reference", "robust"]).abs().max().item()
         max_difference = max(max_difference, 255 * difference)
-    acc = {key: 100 * torch.cat(flags).float().mean().item() for key, flags in correct.items()}
+    flags = {key: torch.cat(values) for key, values in correct.items()}
+    acc = {key: 100 * value.float().mean().item() for key, value in flags.items()}
+    # Images one path defends and the other does not: the gain difference is their balance,
+    # and their total says how much of it chance alone could produce (a sign test).
+    fast_only = int((flags["fast_robust"] & ~flags["reference_robust"]).sum())
+    reference_only = int((flags["reference_robust"] & ~flags["fast_robust"]).sum())
     gain_reference = acc["reference_robust"] - acc["standard_robust"]
     gain_fast = acc["fast_robust"] - acc["standard_robust"]
     return {
@@ -89,10 +95,23 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
                       "compile": fast.compile, "autocast_dtype": str(fast.autocast_dtype(device) or torch.float32)},
         "accuracy": acc, "gain_reference": gain_reference, "gain_fast": gain_fast,
         "gain_difference": gain_fast - gain_reference,
+        "robust_disagreements": {"fast_only": fast_only, "reference_only": reference_only,
+                                 "sign_test_p": sign_test_p(fast_only, reference_only)},
         "max_pixel_difference_255": max_difference,
         "purify_seconds": seconds,
         "passed": abs(gain_fast - gain_reference) <= tolerance,
     }
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: how likely a split at least this uneven is if either path
+    is equally likely to defend a disputed image."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    extreme = min(wins, losses)
+    tail = sum(math.comb(n, k) for k in range(extreme + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def markdown(report: dict) -> str:
@@ -108,6 +127,9 @@ def markdown(report: dict) -> str:
         clean = f"{acc[f'{name}_clean']:.2f}%" if f"{name}_clean" in acc else "—"
         lines.append(f"| {name} | {clean} | {acc[f'{name}_robust']:.2f}% | "
                      f"{report[f'gain_{name}']:+.2f} | {report['purify_seconds'][name]:.1f} s |")
+    split = report["robust_disagreements"]
+    lines += ["", f"Attacked images defended by one path only: fast {split['fast_only']}, reference "
+                  f"{split['reference_only']} (sign test p = {split['sign_test_p']:.2f})."]
     verdict = "PASS" if report["passed"] else "FAIL"
     lines += ["", f"gain difference {report['gain_difference']:+.2f} points (tolerance ±{report['tolerance_points']}): "
               f"{verdict}"]

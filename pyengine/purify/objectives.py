@@ -2,11 +2,13 @@
 
 An objective is an ``nn.Module`` mapping images ``x: Tensor[N, 3, H, W]`` in [0, 1] to a
 per-image loss ``Tensor[N]``, differentiable in ``x``; it takes an optional
-``torch.Generator`` for its random draws. An objective that also offers ``draw(x, generator=,
-steps=)`` and ``forward(x, draws=)`` separates its randomness from its computation, which lets
-the purifier capture its K-step loop as one CUDA graph with the draws as graph inputs. Summing the per-image losses keeps every image's
+``torch.Generator`` for its random draws. Summing the per-image losses keeps every image's
 gradient its own, so the purifier treats images independently unless the objective ties
 them together (the paper's batch negatives).
+
+An objective that also offers ``draw(x, generator=, steps=)`` and ``forward(x, draws=)``
+separates its randomness from its computation, which lets the purifier capture its K-step
+loop as one CUDA graph with the draws as graph inputs.
 """
 from __future__ import annotations
 
