@@ -10,7 +10,7 @@
 #
 # Each stage has its own time limit, so one that hangs cannot eat the others' time; a stage
 # that fails is reported in the log and the next one runs. STAGES picks some (default: all of
-# env build extension cuda-tests bench-a parity bench-b table profile). SMOKE=1 shrinks every
+# env build extension cuda-tests bench-a parity bench-b table profile profile-b). SMOKE=1 shrinks every
 # stage (tiny model, K=2, a few images) to check the script itself on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ else
   PARITY_N=10000 PARITY_BATCH=1000 VARIANTS=fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-graph
 fi
 
-STAGES=${STAGES:-env build extension cuda-tests bench-a parity bench-b table profile}
+STAGES=${STAGES:-env build extension cuda-tests bench-a parity bench-b table profile profile-b}
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2 start=$SECONDS
@@ -55,3 +55,5 @@ stage bench-b 240 env PYENGINE_BENCH_MODEL=$MODEL_B PYENGINE_BENCH_STEPS=$STEPS 
 stage table 60 bash -c "python3 -m pyengine bench $OUT/bench_*.json --peak-tflops 790 > $OUT/table.md; cat $OUT/table.md"
 [ "${SMOKE:-0}" = 1 ] || stage profile 200 python3 bench/profile_purify.py --model $MODEL_A --batch 512 --compile \
   --out "$OUT/profile.json"
+[ "${SMOKE:-0}" = 1 ] || stage profile-b 200 python3 bench/profile_purify.py --model $MODEL_B --batch 128 --compile \
+  --out "$OUT/profile_$MODEL_B.json"
