@@ -36,7 +36,7 @@ def _cmd_train_classifier(args) -> None:
     from .train import ClassifierTrainConfig, train_classifier
 
     torch_threads(args)
-    model = create_model(args.model).to(_train_device(args))
+    model = create_model(args.model).to(_device(args))
     config = ClassifierTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    adversarial=args.adversarial, eps=args.eps, seed=args.seed,
                                    aux=args.aux, alpha=args.alpha, noise_sigma=args.noise_sigma,
@@ -57,7 +57,7 @@ def _cmd_train_head(args) -> None:
     from .train import HeadTrainConfig, train_head
 
     torch_threads(args)
-    device = _train_device(args)
+    device = _device(args)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
     cfg = model_config(ckpt.manifest["architecture"])
     head = ContrastiveHead(ckpt.classifier.num_features, args.hidden or cfg.head_hidden,
@@ -146,16 +146,13 @@ def _cmd_bench(args) -> None:
 def _cmd_parity(args) -> None:
     import json
 
-    import torch
-
     from .data import load_cifar10
     from .demo import DEFAULT_CHECKPOINT
     from .evaluation.parity import check_parity, load_paths, markdown
 
     torch_threads(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    reference, fast = load_paths(checkpoint, device, precision=args.precision, compile=args.compile)
+    reference, fast = load_paths(checkpoint, _device(args), precision=args.precision, compile=args.compile)
     data = load_cifar10(args.data, "test", limit=args.n)
     report = check_parity(reference, fast, data, attack=args.attack, eps=args.eps, batch_size=args.batch_size,
                           seed=args.seed, tolerance=args.tolerance, robust_only=args.robust_only)
@@ -169,7 +166,8 @@ def _cmd_parity(args) -> None:
         raise SystemExit(1)
 
 
-def _train_device(args):
+def _device(args):
+    """--device, or CUDA when present; a clear error when CUDA is asked for and missing."""
     import torch
 
     if args.device is None:

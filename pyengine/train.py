@@ -92,7 +92,7 @@ def _aux_setup(model: nn.Module, config: ClassifierTrainConfig, head: nn.Module 
     if head is None:
         head = build_aux_head(config.aux, model.num_features)
     if head is not None:
-        head = head.to(next(model.parameters()).device)
+        head = head.to(_device_of(model))
     return make_objective(config.aux, model, head), head, float(alpha), float(sigma)
 
 

@@ -69,9 +69,11 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
         x_adv = attacker.perturb(x, y, generator=CounterRandom(seed, index))
         correct["standard_clean"].append(_correct(reference.classifier, x, y))
         correct["standard_robust"].append(_correct(reference.classifier, x_adv, y))
+        inputs_of = {"clean": x, "robust": x_adv}
         purified = {}
         for name, purifier in (("reference", reference), ("fast", fast)):
-            for split, inputs in (("clean", x), ("robust", x_adv))[-len(splits):]:
+            for split in splits:
+                inputs = inputs_of[split]
                 # The same draws for both paths (and a different stream for clean and attacked inputs).
                 rng = CounterRandom(seed + (1 if split == "clean" else 2), index)
                 purified[name, split], elapsed = _timed(device, lambda: purifier.purify(inputs, generator=rng))

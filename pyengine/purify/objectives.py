@@ -63,12 +63,14 @@ class ContrastiveObjective(nn.Module):
         return self.head(features(views))
 
     def compile_backbone(self, backend: str = "inductor") -> None:
-        """Run the classifier's ``forward_features`` through ``torch.compile`` from now on.
+        """Run the classifier's ``forward_features`` through ``torch.compile`` from now on
+        (a no-op once compiled).
 
         Inductor fuses the batch-norm/ReLU chains of forward and input-gradient backward, the
         bulk of a purification step's memory traffic; it compiles once per input shape.
         """
-        self._compiled_features = torch.compile(self.classifier.forward_features, backend=backend, dynamic=False)
+        if self._compiled_features is None:
+            self._compiled_features = torch.compile(self.classifier.forward_features, backend=backend, dynamic=False)
 
     @torch.no_grad()
     def build_bank(self, clean: torch.Tensor, *, generator: torch.Generator | None = None,

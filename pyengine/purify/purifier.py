@@ -114,7 +114,7 @@ class Purifier(nn.Module):
                              f"got {type(objective).__name__}")
         self.precision, self.cuda_graph, self.channels_last = precision, cuda_graph, channels_last
         self.compile = "inductor" if compile is True else compile
-        self._graphs, self._nhwc_done, self._compiled = GraphCache(), False, False
+        self._graphs, self._nhwc_done = GraphCache(), False
         self.eval().requires_grad_(False)
         devices = {t.device for t in (*self.parameters(), *self.buffers())}
         if len(devices) > 1:
@@ -159,9 +159,8 @@ class Purifier(nn.Module):
             if hasattr(self.objective, "channels_last"):
                 self.objective.channels_last = True
             self._nhwc_done = True
-        if self.compile and not self._compiled:
+        if self.compile:
             self.objective.compile_backbone(self.compile)
-            self._compiled = True
 
     def _descent_step(self, xk: torch.Tensor, x0: torch.Tensor, draws: torch.Tensor | None = None,
                       generator: Random | None = None) -> torch.Tensor:
