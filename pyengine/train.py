@@ -36,10 +36,19 @@ class ClassifierTrainConfig:
     alpha: float | None = None  # weight of the auxiliary loss; None: the paper's value for the task
     noise_sigma: float | None = None  # Gaussian input corruption; None: the paper's value for the task
     schedule: str = "onecycle"  # or "step": lr x0.1 at 1/2 and 3/4 of the epochs (the paper's 100/150 of 200)
+    precision: str = "fp32"  # or "bf16": forward passes under bf16 autocast (weights and optimizer stay fp32)
 
 
 _AUX_FIELDS = ("aux", "alpha", "noise_sigma")
 SCHEDULES = ("onecycle", "step")
+TRAIN_PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision="bf16"``; fp16 would need loss scaling, so it is not offered."""
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -142,6 +151,7 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
     """
     if config.schedule not in SCHEDULES:
         raise ValueError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+    _autocast(torch.device("cpu"), config.precision)  # check before any work
     objective, head, alpha, sigma = _aux_setup(model, config, aux_head)
     device = _device_of(model)
     out = Path(out)
@@ -167,19 +177,20 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
             for group in opt.param_groups:
                 group["lr"] = (_one_cycle(epoch * steps_per_epoch + i, total, config.lr)
                                if config.schedule == "onecycle" else _step_decay(epoch, config.epochs, config.lr))
-            if objective is None:
-                x = random_crop_flip(x, gen)
-                if config.adversarial == "fgsm":
-                    x = _fgsm_rs(model, x, y, config.eps, gen)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            else:
-                if config.aux != "consistency":
+            with _autocast(device, config.precision):
+                if objective is None:
                     x = random_crop_flip(x, gen)
-                cls_loss, aux_loss, logits = objective.training_losses(x, y, noise_sigma=sigma, generator=gen)
-                loss = cls_loss + alpha * aux_loss
-                sums[0] += cls_loss.item() * len(y)
-                sums[1] += aux_loss.item() * len(y)
+                    if config.adversarial == "fgsm":
+                        x = _fgsm_rs(model, x, y, config.eps, gen)
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                else:
+                    if config.aux != "consistency":
+                        x = random_crop_flip(x, gen)
+                    cls_loss, aux_loss, logits = objective.training_losses(x, y, noise_sigma=sigma, generator=gen)
+                    loss = cls_loss + alpha * aux_loss
+                    sums[0] += cls_loss.item() * len(y)
+                    sums[1] += aux_loss.item() * len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -217,6 +228,8 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
         training.update(alpha=alpha, noise_sigma=sigma)
         extra.update(aux_manifest(config.aux, alpha, sigma, head))
         aux_parts = {config.aux: head.eval()} if head is not None else None
+    if config.precision == "fp32":
+        training.pop("precision")
     save_checkpoint(out, model.eval(), aux=aux_parts, training=training, metrics=metrics, **extra)
     _resume_path(out).unlink(missing_ok=True)
     return metrics
@@ -248,6 +261,7 @@ class HeadTrainConfig:
     temperature: float = 0.2
     bank_images: int = 512
     seed: int = 0
+    precision: str = "fp32"  # or "bf16": the frozen classifier's forward under bf16 autocast
 
 
 def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str | Path,
@@ -264,6 +278,7 @@ def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str
     from .purify import ContrastiveObjective, ViewSampler
 
     out = Path(out)
+    _autocast(torch.device("cpu"), config.precision)  # check before any work
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     classifier.eval().requires_grad_(False)
@@ -278,8 +293,8 @@ def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str
         total = 0.0
         for x, _ in bar:
             x = x.to(_device_of(head), non_blocking=True)
-            with torch.no_grad():
-                features = classifier.forward_features(views(random_crop_flip(x, gen), generator=gen))
+            with torch.no_grad(), _autocast(x.device, config.precision):
+                features = classifier.forward_features(views(random_crop_flip(x, gen), generator=gen)).float()
             loss = contrastive_loss(head(features), config.n_views, config.temperature,
                                     batch_negatives=True).mean()
             opt.zero_grad(set_to_none=True)

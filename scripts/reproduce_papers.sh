@@ -1,31 +1,53 @@
 #!/usr/bin/env bash
-# Reproduce the papers' settings with the engine's own commands (issue 9): train four
-# classifiers and two contrastive heads on CIFAR-10, evaluate each under the static and
-# adaptive attacks, draw the figures for the adversarially trained model, and assemble
-# docs/RESULTS.md with the papers' numbers beside ours.
+# Reproduce the papers' settings with the engine's own commands (issue 9): train the
+# classifiers and contrastive heads on CIFAR-10, evaluate each under the static and adaptive
+# attacks, draw the figures for the adversarially trained model, and assemble RESULTS.md
+# with the papers' numbers beside ours.
 #
-#   bash scripts/reproduce_papers.sh                # full scale: needs a GPU (hours)
-#   SMOKE=1 bash scripts/reproduce_papers.sh        # tiny scale on a CPU: checks the pipeline (minutes)
+#   bash scripts/reproduce_papers.sh                # PreAct-ResNet-18 (half width): needs a GPU (hours)
+#   SCALE=cpu bash scripts/reproduce_papers.sh      # the tiny model on 2 CPU cores (about 2 hours)
+#   SMOKE=1 bash scripts/reproduce_papers.sh        # a few images: checks the pipeline (minutes)
 #
-# Every step skips its output when it exists (and training resumes per epoch), so an
-# interrupted run continues where it stopped: run it again, e.g. in several GPU slices.
-# Knobs (environment): OUT, DATA, DEVICE, MODEL, EPOCHS, HEAD_EPOCHS, N, ATTACKS, FIGURES.
+# It goes setting by setting (standard, adversarial, SOAP LC, SOAP RP), so a partial run
+# leaves whole settings. Every step skips its output when it exists (training also resumes
+# per epoch): run it again to continue, e.g. over several GPU slices.
+# Knobs (environment): OUT, DATA, DEVICE, MODEL, EPOCHS, HEAD_EPOCHS, PRECISION, N, ATTACKS,
+# ADAPTIVE_N, ADAPTIVE_ATTACKS, FIGURES, SETTINGS, STANDARD (an existing contrastive checkpoint
+# to evaluate as the standard setting instead of training one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/reproduce}
 DATA=${DATA:-../shared/data/cifar10}
 DEVICE=${DEVICE:-$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
+HEAD_ARGS=()
 if [ "${SMOKE:-0}" = 1 ]; then
-  OUT=${OUT%/}_smoke MODEL=${MODEL:-preact_resnet_tiny} EPOCHS=${EPOCHS:-1} HEAD_EPOCHS=${HEAD_EPOCHS:-1}
-  N=${N:-8} ATTACKS=${ATTACKS:-pgd3,bpda-pgd2} FIGURES=${FIGURES:-4} LIMIT="--limit 256" TEST_LIMIT="--test-limit 64"
-  STEPS="--steps 2"
+  OUT=${OUT:-runs/reproduce_smoke} MODEL=${MODEL:-preact_resnet_tiny} EPOCHS=${EPOCHS:-1} HEAD_EPOCHS=${HEAD_EPOCHS:-1}
+  N=${N:-8} ATTACKS=${ATTACKS:-pgd3} ADAPTIVE_N=${ADAPTIVE_N:-4} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-bpda-pgd2}
+  FIGURES=${FIGURES:-4} LIMIT="--limit 256" TEST_LIMIT="--test-limit 64" STEPS="--steps 2"
+elif [ "${SCALE:-gpu}" = cpu ]; then
+  # The tiny model (0.3 M parameters) with the embedded checkpoint as its standard setting;
+  # bf16 autocast pays on CPUs with native bf16 (AVX512-BF16). The static attacks are the
+  # two of Mao et al.'s Table 1 and AutoAttack (PGD-200 and BIM-200 would double the time);
+  # the adaptive attacks run the purifier in every attack step, so they get fewer images
+  # and steps.
+  OUT=${OUT:-runs/reproduce_cpu} MODEL=${MODEL:-preact_resnet_tiny} EPOCHS=${EPOCHS:-8} HEAD_EPOCHS=${HEAD_EPOCHS:-6}
+  PRECISION=${PRECISION:-bf16} STANDARD=${STANDARD:-pyengine/checkpoints/cifar10_preact_resnet_tiny.safetensors}
+  N=${N:-1000} ATTACKS=${ATTACKS:-pgd50,cw200,autoattack}
+  ADAPTIVE_N=${ADAPTIVE_N:-100} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-pgd50,transfer-pgd50,bpda-pgd10,unrolled-pgd10}
+  FIGURES=${FIGURES:-100} LIMIT="" TEST_LIMIT="" STEPS=""
+  HEAD_ARGS=(--limit 25000 --batch-size 512 --lr 3e-3)  # the embedded head's recipe
 else
   # Fewer epochs than the papers' 200 (one-cycle schedule): what GPU slices of 15 minutes
-  # allow; every checkpoint's manifest records the command that made it.
-  MODEL=${MODEL:-preact_resnet18} EPOCHS=${EPOCHS:-30} HEAD_EPOCHS=${HEAD_EPOCHS:-20} N=${N:-1000}
-  ATTACKS=${ATTACKS:-pgd50,pgd200,bim200,cw200,autoattack,adaptive} FIGURES=${FIGURES:-500} LIMIT="" TEST_LIMIT=""
-  STEPS=""
+  # allow; every checkpoint's manifest records the command that made it. PreAct-ResNet-18 at
+  # half width, so that each checkpoint (11 MB) can be committed; MODEL=preact_resnet18 is
+  # the papers' width (45 MB checkpoints).
+  OUT=${OUT:-runs/reproduce} MODEL=${MODEL:-preact_resnet18_half} EPOCHS=${EPOCHS:-30} HEAD_EPOCHS=${HEAD_EPOCHS:-20}
+  PRECISION=${PRECISION:-bf16}
+  N=${N:-1000} ATTACKS=${ATTACKS:-pgd50,pgd200,bim200,cw200,autoattack}
+  ADAPTIVE_N=${ADAPTIVE_N:-1000} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-pgd50,adaptive}
+  FIGURES=${FIGURES:-500} LIMIT="" TEST_LIMIT="" STEPS=""
 fi
+PRECISION=${PRECISION:-fp32}
+SETTINGS=${SETTINGS:-standard adversarial soap_lc soap_rp}
 mkdir -p "$OUT"
 run() {  # run OUTPUT COMMAND...: skip when OUTPUT exists
   local output=$1
@@ -34,39 +56,60 @@ run() {  # run OUTPUT COMMAND...: skip when OUTPUT exists
   echo "== $*"
   "$@"
 }
-common=(--data "$DATA")
+common=(--data "$DATA" --device "$DEVICE")
 
-# Classifiers: standard, FGSM-RS adversarial, SOAP label consistency and rotation prediction.
-run "$OUT/standard_classifier.safetensors" python3 -m pyengine train-classifier --model "$MODEL" \
-  --epochs "$EPOCHS" --device "$DEVICE" --out "$OUT/standard_classifier.safetensors" $LIMIT $TEST_LIMIT "${common[@]}"
-run "$OUT/adversarial_classifier.safetensors" python3 -m pyengine train-classifier --model "$MODEL" \
-  --epochs "$EPOCHS" --adversarial fgsm --device "$DEVICE" --out "$OUT/adversarial_classifier.safetensors" \
-  $LIMIT $TEST_LIMIT "${common[@]}"
-for task in consistency rotation; do
-  run "$OUT/soap_$task.safetensors" python3 -m pyengine train-classifier --model "$MODEL" --epochs "$EPOCHS" \
-    --aux $task --device "$DEVICE" --out "$OUT/soap_$task.safetensors" $LIMIT $TEST_LIMIT "${common[@]}"
-done
-
-# Contrastive heads G (and their banks of negatives) on the frozen classifiers.
-for name in standard adversarial; do
-  run "$OUT/$name.safetensors" python3 -m pyengine train-head --checkpoint "$OUT/${name}_classifier.safetensors" \
-    --epochs "$HEAD_EPOCHS" --device "$DEVICE" --out "$OUT/$name.safetensors" $LIMIT "${common[@]}"
-done
-
-# Evaluations: <setting>/results.json, the layout `pyengine results` reads.
-evaluate() {  # evaluate SETTING CHECKPOINT [extra eval arguments]
-  local setting=$1 checkpoint=$2
-  shift 2
-  run "$OUT/$setting/results.json" python3 -m pyengine eval --checkpoint "$checkpoint" --n "$N" \
-    --attacks "$ATTACKS" --device "$DEVICE" --out "$OUT/$setting" $STEPS "$@" "${common[@]}"
+train_classifier() {  # train_classifier OUTPUT [extra train-classifier arguments]
+  local output=$1
+  shift
+  run "$output" python3 -m pyengine train-classifier --model "$MODEL" --epochs "$EPOCHS" --precision "$PRECISION" \
+    --out "$output" $LIMIT $TEST_LIMIT "${common[@]}" "$@"
 }
-evaluate standard "$OUT/standard.safetensors"
-evaluate adversarial "$OUT/adversarial.safetensors" --figures "$FIGURES"
-evaluate soap_lc "$OUT/soap_consistency.safetensors"
-evaluate soap_rp "$OUT/soap_rotation.safetensors"
+train_head() {  # train_head CLASSIFIER OUTPUT: the contrastive head G and its bank of negatives
+  run "$2" python3 -m pyengine train-head --checkpoint "$1" --epochs "$HEAD_EPOCHS" --precision "$PRECISION" \
+    --out "$2" $LIMIT "${HEAD_ARGS[@]}" "${common[@]}"
+}
+# evaluate SETTING CHECKPOINT FIGURES [extra eval arguments]: the static attacks on N images
+# in <setting>/ (with the figures on the first FIGURES), the adaptive ones on the first
+# ADAPTIVE_N in <setting>_adaptive/: the layout `pyengine results` reads.
+evaluate() {
+  local setting=$1 checkpoint=$2 figures=$3
+  shift 3
+  run "$OUT/$setting/results.json" python3 -m pyengine eval --checkpoint "$checkpoint" --n "$N" \
+    --attacks "$ATTACKS" --figures "$figures" --out "$OUT/$setting" $STEPS "${common[@]}" "$@"
+  run "$OUT/${setting}_adaptive/results.json" python3 -m pyengine eval --checkpoint "$checkpoint" \
+    --n "$ADAPTIVE_N" --attacks "$ADAPTIVE_ATTACKS" --out "$OUT/${setting}_adaptive" $STEPS "${common[@]}" "$@"
+}
+contrastive=(--precision "$PRECISION")  # SOAP's purifiers run in fp32
+
+for setting in $SETTINGS; do
+  case $setting in
+    standard)
+      checkpoint=${STANDARD:-$OUT/standard.safetensors}
+      if [ -z "${STANDARD:-}" ]; then
+        train_classifier "$OUT/standard_classifier.safetensors"
+        train_head "$OUT/standard_classifier.safetensors" "$checkpoint"
+      fi
+      evaluate standard "$checkpoint" 0 "${contrastive[@]}" ;;
+    adversarial)
+      train_classifier "$OUT/adversarial_classifier.safetensors" --adversarial fgsm
+      train_head "$OUT/adversarial_classifier.safetensors" "$OUT/adversarial.safetensors"
+      evaluate adversarial "$OUT/adversarial.safetensors" "$FIGURES" "${contrastive[@]}" ;;
+    soap_lc)
+      train_classifier "$OUT/soap_consistency.safetensors" --aux consistency
+      evaluate soap_lc "$OUT/soap_consistency.safetensors" 0 ;;
+    soap_rp)
+      train_classifier "$OUT/soap_rotation.safetensors" --aux rotation
+      evaluate soap_rp "$OUT/soap_rotation.safetensors" 0 ;;
+    *) echo "unknown setting $setting (standard, adversarial, soap_lc, soap_rp)" >&2; exit 2 ;;
+  esac
+done
 
 device_name=$(python3 -c "
-import torch
-print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'the CPU (smoke scale)')")
+import os, re, torch
+if '$DEVICE' == 'cuda':
+    print(torch.cuda.get_device_name())
+else:
+    cpu = re.search(r'model name\s*:\s*(.*)', open('/proc/cpuinfo').read())
+    print(f'{cpu.group(1) if cpu else \"a CPU\"}, {os.cpu_count()} cores')")
 python3 -m pyengine results "$OUT" --device-name "$device_name" --out "$OUT/RESULTS.md"
 echo "done: $OUT/RESULTS.md (copy it to docs/RESULTS.md with the figures from $OUT/adversarial/figures)"

@@ -118,6 +118,12 @@ def purify_two(work):
     return work.root / "purify2"
 
 
+def test_report_names_the_purifier_it_ran(eval_one):
+    results = json.loads((eval_one / "results.json").read_text())
+    assert results["purifier"].startswith("Purifier(steps=2,") and "precision='auto'" in results["purifier"]
+    assert f"Purifier: `{results['purifier']}`." in (eval_one / "table.md").read_text()
+
+
 def test_two_processes_write_the_one_process_report(eval_one, eval_two):
     one, two = report(eval_one), report(eval_two)
     print("\n1 process:\n" + "\n".join(one[1]) + "\n2 processes:\n" + "\n".join(two[1]))

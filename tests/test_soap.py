@@ -346,6 +346,11 @@ def test_checkpoint_round_trip_and_missing_heads(trained, tmp_path):
         load_soap_purifier(tmp_path / "sizeless.safetensors", aux="rotation")
     with pytest.raises(ValueError, match="method"):
         load_soap_purifier(run["path"], "median")
+    from pyengine.loading import load_purifier
+
+    assert isinstance(load_purifier(run["path"], precision="fp32"), MinAuxPurifier)
+    with pytest.raises(ValueError, match="SOAP checkpoint, whose purifiers run in fp32"):
+        load_purifier(run["path"], precision="bf16")
 
 
 @needs_cifar

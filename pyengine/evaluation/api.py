@@ -46,6 +46,7 @@ def finish(run: Evaluation, units, *, figure_images: int = 0, manifest: dict | N
         raise RuntimeError(f"evaluation incomplete, missing units: {missing[:5]} (+{max(0, len(missing) - 5)})")
     records = load_records(run.out, run.config)
     summary = summarize(records, run.config, manifest)
+    summary["purifier"] = f"{type(run.purifier).__name__}({run.purifier.extra_repr()})"
     write_report(run.out, summary)
     if figure_images:
         summary["figures"] = [str(p) for p in make_figures(run, records, figure_images)]

@@ -42,14 +42,15 @@ def _published(values: tuple[float, ...] | None, index: int) -> str:
     return "—" if values is None or index >= len(values) else f"{values[index]:.2f}"
 
 
-def setting_markdown(setting: Setting, summary: dict) -> str:
+def run_markdown(setting: Setting, summary: dict) -> str:
+    """One evaluation run of ``setting`` as a table, the papers' numbers beside ours."""
     rows = summary["attacks"]
     oracle = any(row.get("oracle") is not None for row in rows.values())
     head = "| attack | kind | ours: no defense | ours: purified |" + (" ours: oracle |" if oracle else "")
     head += " paper: no defense | paper: purified |" + (" paper: oracle |" if oracle else "")
-    lines = [f"### {setting.title}", "",
-             f"{summary['images']} CIFAR-10 test images (JPEG copy); `{summary['model'].get('architecture')}` "
-             f"from `{summary['model'].get('path')}`; published numbers: {setting.source}.", "", head,
+    lines = [f"{summary['images']} CIFAR-10 test images (JPEG copy); `{summary['model'].get('architecture')}` "
+             f"from `{summary['model'].get('path')}`; purifier `{summary.get('purifier', '?')}`; "
+             f"published numbers: {setting.source}.", "", head,
              "|" + " --- |" * (head.count("|") - 1)]
     for name, row in rows.items():
         kind = "clean" if name == CLEAN else ("adaptive" if row["adaptive"] else "static")
@@ -67,16 +68,23 @@ def setting_markdown(setting: Setting, summary: dict) -> str:
     return "\n".join(lines)
 
 
+# A setting's runs: the static attacks (``<name>/``) and the adaptive ones, which run the
+# purifier in every attack step and so may cover fewer images (``<name>_adaptive/``).
+RUNS = (("", "Static attacks (on the undefended classifier)"),
+        ("_adaptive", "Adaptive attacks (on the defended classifier)"))
+
+
 def results_markdown(root: str | Path, device: str) -> str:
-    """The body of docs/RESULTS.md from ``root/<setting>/results.json``."""
+    """The body of docs/RESULTS.md from ``root/<setting>[_adaptive]/results.json``."""
     root = Path(root)
     parts = ["# Reproducing the papers on models trained here", "",
              f"Runs under `{root}` on {device}; made by `scripts/reproduce_papers.sh`, which holds every "
              "command. Accuracies in percent.", ""]
     for setting in SETTINGS:
-        path = root / setting.name / "results.json"
-        if path.is_file():
-            parts += [setting_markdown(setting, json.loads(path.read_text())), ""]
-        else:
-            parts += [f"### {setting.title}", "", f"Not run yet (no `{path}`).", ""]
+        parts += [f"### {setting.title}", ""]
+        for suffix, title in RUNS:
+            path = root / f"{setting.name}{suffix}" / "results.json"
+            body = run_markdown(setting, json.loads(path.read_text())) if path.is_file() else \
+                f"Not run yet (no `{path}`)."
+            parts += [f"#### {title}", "", body, ""]
     return "\n".join(parts)

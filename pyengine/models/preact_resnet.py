@@ -56,6 +56,13 @@ def preact_resnet18(num_classes=10, **kwargs):
     return PreActResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, **kwargs)
 
 
+@register_model(ModelConfig(num_features=256, head_hidden=128, head_out=8,
+                            notes="PreAct-ResNet-18 at half width (2.8 M parameters): its fp32 checkpoint, "
+                                  "11 MB, fits the repository's 16 MiB limit, and it trains 4x faster"))
+def preact_resnet18_half(num_classes=10, **kwargs):
+    return PreActResNet((2, 2, 2, 2), (32, 64, 128, 256), num_classes, **kwargs)
+
+
 @register_model(ModelConfig(num_features=128, head_hidden=64, head_out=16,
                             notes="one block per stage, widths 32-64-128: fast enough for 2 CPU cores",
                             tags=("cpu",)))
