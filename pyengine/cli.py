@@ -35,8 +35,8 @@ def _add_purifier_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: forward passes under bf16 autocast, about 2x faster on GPUs and on CPUs with "
-                        "native bf16 (weights stay fp32)")
+                   help="bf16: forward passes under bf16 autocast (weights and optimizer stay fp32); faster "
+                        "where the hardware has native bf16 (GPUs, CPUs with AVX512-BF16 or AMX)")
 
 
 def _cmd_train_classifier(args) -> None:

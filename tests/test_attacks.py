@@ -193,6 +193,25 @@ def test_torchattacks_attacks_run_within_budget(model, batch, spec):
     torch.testing.assert_close(again, x_adv)
 
 
+@pytest.mark.parametrize("spec", ["cwl2", "deepfool", "autoattack"])
+def test_torchattacks_take_channels_last_batches(model, batch, spec):
+    """CIFAR-10 batches are NHWC views of the decoded images; torchattacks reshapes with .view."""
+    pytest.importorskip("torchattacks", reason="optional extra: pip install --no-deps torchattacks==3.5.1")
+    x, y = batch[0][:8], batch[1][:8]
+    if spec == "autoattack":  # a radius too small to fool anything, so every component runs on every image
+        attack = AutoAttack(model, eps=1e-3, steps=2, square_queries=5)
+    else:
+        attack = build_attack(spec, classifier=model, eps=EPS, eps_l2=EPS_L2)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    assert not nhwc.is_contiguous()
+    model.requires_grad_(True)
+    try:
+        torch.testing.assert_close(attack.perturb(nhwc, y, generator=counter(len(y))),
+                                   attack.perturb(x, y, generator=counter(len(y))))
+    finally:
+        model.requires_grad_(False)
+
+
 def test_missing_torchattacks_says_how_to_install(model, batch, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(ImportError, match=r"pip install --no-deps torchattacks==3\.5\.1"):

@@ -119,9 +119,9 @@ def purify_two(work):
 
 
 def test_report_names_the_purifier_it_ran(eval_one):
-    results = json.loads((eval_one / "results.json").read_text())
-    assert results["purifier"].startswith("Purifier(steps=2,") and "precision='auto'" in results["purifier"]
-    assert f"Purifier: `{results['purifier']}`." in (eval_one / "table.md").read_text()
+    purifier = json.loads((eval_one / "results.json").read_text())["config"]["purifier"]
+    assert purifier.startswith("Purifier(steps=2,") and "precision='auto'" in purifier
+    assert f"Purifier: `{purifier}`." in (eval_one / "table.md").read_text()
 
 
 def test_two_processes_write_the_one_process_report(eval_one, eval_two):

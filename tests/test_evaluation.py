@@ -85,6 +85,26 @@ def test_another_configuration_in_the_same_folder_is_refused(setup, tmp_path):
         run(purifier, data, EvalConfig(attacks=["pgd2"], n=3, batch_size=3, seed=1), tmp_path)
 
 
+def test_an_added_attack_reuses_the_finished_units_and_other_purifier_settings_are_refused(setup, tmp_path):
+    from pyengine.evaluation import evaluate
+
+    purifier, data = setup
+    config = EvalConfig(attacks=["pgd2"], n=3, batch_size=3)
+    first = evaluate(purifier, data, config, tmp_path, progress=False)
+    units = tmp_path / "units"
+    written = {p.name: p.stat().st_mtime_ns for p in units.iterdir()}
+    more = evaluate(purifier, data, EvalConfig(attacks=["pgd2", "pgd1"], n=3, batch_size=3), tmp_path, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in units.iterdir() if p.name in written} == written
+    assert sorted(set(p.name for p in units.iterdir()) - set(written)) == ["pgd1__00000.json"]
+    assert more["attacks"]["pgd2"] == first["attacks"]["pgd2"]
+    purifier.steps = 1  # another purifier setting: its numbers must not mix with the steps=2 ones
+    try:
+        with pytest.raises(ValueError, match="another configuration"):
+            evaluate(purifier, data, config, tmp_path, progress=False)
+    finally:
+        purifier.steps = 2
+
+
 def test_soap_min_aux_reports_an_oracle_column_that_bounds_min_aux(setup, tmp_path):
     from pyengine.soap import ConsistencyObjective, MinAuxPurifier
 

@@ -81,7 +81,7 @@ class TorchAttack(Attack):
         with _isolated(self.model, x, rng) as seed:
             if hasattr(self._attack, "seed"):
                 self._attack.seed = seed
-            return self._attack(x, y).detach()
+            return self._attack(x.contiguous(), y).detach()  # torchattacks reshapes with .view
 
 
 def CWL2(model: nn.Module, *, eps: float = 0.5, steps: int = 100, c: float = 1.0, kappa: float = 0.0,
@@ -149,6 +149,7 @@ class AutoAttack(Attack):
         return self._built[n_classes]
 
     def _perturb(self, x, y, generator):
+        x = x.contiguous()  # CIFAR batches are NHWC views; torchattacks' FAB reshapes with .view
         with bind(self.model, generator), torch.no_grad():
             logits = self.model(x)
         robust = logits.argmax(1) == y

@@ -1,6 +1,7 @@
 """One-call evaluation: ``evaluate`` (the CLI's ``pyengine eval``) and ``benchmark``."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ def evaluate(purifier, data: ImageSet, config: EvalConfig, out: str | Path, *, r
     writes the report and figures. Returns the summary on rank 0, None elsewhere.
     """
     out = Path(out)
+    if not config.purifier:
+        config = replace(config, purifier=f"{type(purifier).__name__}({purifier.extra_repr()})")
     run = Evaluation(purifier, data, config, out, default_attack_factory(purifier, config), progress and rank == 0)
     units = plan_units(config, len(data))
     run.run(shard(units, rank, world_size))
@@ -46,7 +49,6 @@ def finish(run: Evaluation, units, *, figure_images: int = 0, manifest: dict | N
         raise RuntimeError(f"evaluation incomplete, missing units: {missing[:5]} (+{max(0, len(missing) - 5)})")
     records = load_records(run.out, run.config)
     summary = summarize(records, run.config, manifest)
-    summary["purifier"] = f"{type(run.purifier).__name__}({run.purifier.extra_repr()})"
     write_report(run.out, summary)
     if figure_images:
         summary["figures"] = [str(p) for p in make_figures(run, records, figure_images)]

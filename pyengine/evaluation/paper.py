@@ -49,7 +49,7 @@ def run_markdown(setting: Setting, summary: dict) -> str:
     head = "| attack | kind | ours: no defense | ours: purified |" + (" ours: oracle |" if oracle else "")
     head += " paper: no defense | paper: purified |" + (" paper: oracle |" if oracle else "")
     lines = [f"{summary['images']} CIFAR-10 test images (JPEG copy); `{summary['model'].get('architecture')}` "
-             f"from `{summary['model'].get('path')}`; purifier `{summary.get('purifier', '?')}`; "
+             f"from `{summary['model'].get('path')}`; purifier `{summary['config'].get('purifier') or '?'}`; "
              f"published numbers: {setting.source}.", "", head,
              "|" + " --- |" * (head.count("|") - 1)]
     for name, row in rows.items():

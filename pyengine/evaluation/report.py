@@ -85,8 +85,8 @@ def markdown_table(summary: dict) -> str:
     lines += ["", "Worst case: an image counts only if it is classified correctly clean and under every "
               "attack of its column (the adaptive column takes every attack, static and adaptive).",
               f"Purification latency: {1000 * summary['seconds_per_image']:.1f} ms per image on this machine."]
-    if summary.get("purifier"):
-        lines.append(f"Purifier: `{summary['purifier']}`.")
+    if summary["config"].get("purifier"):
+        lines.append(f"Purifier: `{summary['config']['purifier']}`.")
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ class EvalConfig:
     batch_size: int = 100
     seed: int = 0
     checkpoint: str = ""
+    purifier: str = ""  # the purifier's type and settings (``evaluate`` fills it in)
 
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1:
@@ -48,9 +49,13 @@ class EvalConfig:
             raise ValueError(f"eps must lie in (0, 1], got {self.eps}")
 
     def digest(self) -> str:
-        """Hash of the settings. The numbers do not depend on the batch size, but the unit
-        files do, so a resume with another batch size is refused rather than mixed."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings that decide a unit's numbers, the purifier's included, so a
+        resume never mixes purifier settings. The attack list is not one of them (a unit is
+        one attack's), so adding an attack to a finished run computes only its units. The
+        numbers do not depend on the batch size, but the unit files do, so a resume with
+        another batch size is refused rather than mixed."""
+        settings = {k: v for k, v in asdict(self).items() if k != "attacks"}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
