@@ -6,6 +6,9 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+# The Purifier's precisions (pyengine.purify.purifier.PRECISIONS and "auto"), spelled out so
+# that parsing the command line does not import torch.
+PURIFIER_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10"
 
 
@@ -28,7 +31,7 @@ def _add_purifier_args(p: argparse.ArgumentParser) -> None:
                    help="purification radius (default: 16/255 for contrastive checkpoints; SOAP's min-aux picks its own)")
     p.add_argument("--steps", type=int, default=None,
                    help="purification steps (default: K=40 contrastive, T=5 SOAP)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+    p.add_argument("--precision", choices=PURIFIER_PRECISIONS, default=None,
                    help="the contrastive purifier's backbone precision (default: auto, bf16 on CUDA and fp32 "
                         "elsewhere; SOAP runs in fp32)")
 
@@ -316,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", default="pgd10", help="static attack spec (default: %(default)s)")
     p.add_argument("--eps", type=parse_fraction, default=8 / 255, help="attack budget (default: 8/255)")
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed gain difference in points (default: 0.5)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    p.add_argument("--precision", choices=PURIFIER_PRECISIONS, default="auto",
                    help="the fast path's precision (default: auto, bf16 on CUDA)")
     p.add_argument("--compile", action="store_true", help="the fast path compiles its backbone (torch.compile)")
     p.add_argument("--robust-only", action="store_true", help="purify only the attacked images (half the time)")

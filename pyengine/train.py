@@ -44,10 +44,13 @@ SCHEDULES = ("onecycle", "step")
 TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
-def _autocast(device: torch.device, precision: str):
-    """bf16 autocast for ``precision="bf16"``; fp16 would need loss scaling, so it is not offered."""
+def _check_precision(precision: str) -> None:
+    # fp16 would need loss scaling, so it is not offered.
     if precision not in TRAIN_PRECISIONS:
         raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
+
+
+def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -151,7 +154,7 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
     """
     if config.schedule not in SCHEDULES:
         raise ValueError(f"config.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
-    _autocast(torch.device("cpu"), config.precision)  # check before any work
+    _check_precision(config.precision)
     objective, head, alpha, sigma = _aux_setup(model, config, aux_head)
     device = _device_of(model)
     out = Path(out)
@@ -278,7 +281,7 @@ def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str
     from .purify import ContrastiveObjective, ViewSampler
 
     out = Path(out)
-    _autocast(torch.device("cpu"), config.precision)  # check before any work
+    _check_precision(config.precision)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     classifier.eval().requires_grad_(False)

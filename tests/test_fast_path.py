@@ -143,3 +143,10 @@ def test_parity_report_balances_disagreements_and_signs_test_them():
     assert set(report["accuracy"]) == {"standard_clean", "standard_robust", "reference_clean", "reference_robust",
                                        "fast_clean", "fast_robust"}
     assert sign_test_p(0, 0) == 1.0 and sign_test_p(10, 3) == pytest.approx(2 * 378 / 2 ** 13)
+
+
+def test_cli_precision_choices_are_the_purifiers():
+    from pyengine.cli import PURIFIER_PRECISIONS
+    from pyengine.purify.purifier import PRECISIONS
+
+    assert PURIFIER_PRECISIONS == ("auto", *PRECISIONS)
