@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train_head)
 
     p = sub.add_parser("demo", help="attack, purify and compare on CIFAR-10 test images")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
     p.add_argument("--n", type=int, default=100, help="number of test images")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--eps", type=parse_fraction, default=8 / 255, help="attack radius (L-inf)")
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="static and adaptive attacks on the purified classifier: table, JSON, figures")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
     p.add_argument("--attacks", default="pgd50,bpda-pgd50,transfer-pgd50",
                    help="comma-separated attack specs; 'adaptive' adds the adaptive suite "
                         "(grammar: pyengine.attacks.suite)")
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purify", help="purify a folder or zip of images: purified PNGs and predictions.csv")
     p.add_argument("input", type=Path, help="folder or zip of *.png/*.jpg/*.jpeg at any depth; <class>/<file> "
                                             "with CIFAR-10 class names adds labels and accuracy")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the embedded checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
     p.add_argument("--out", type=Path, required=True,
                    help="writes images/<path>.png, predictions.csv, summary.json; rerun to resume")
     p.add_argument("--batch-size", type=int, default=100)

@@ -12,7 +12,11 @@ from .attacks import PGD
 from .data import ImageSet
 from .purify import Purifier
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "cifar10_preact_resnet_tiny.safetensors"
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+# Standard training: the paper's Section 7.B setting (and its Figure 2 effect).
+STANDARD_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny.safetensors"
+# FGSM-RS training: the more robust defended system (docs/RESULTS.md), so the default.
+DEFAULT_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny_fgsm.safetensors"
 
 
 @dataclass

@@ -48,7 +48,7 @@ stage bench-a 240 env PYENGINE_BENCH_MODEL=$MODEL_A PYENGINE_BENCH_STEPS=$STEPS 
   PYENGINE_BENCH_VARIANTS=$VARIANTS python3 -m pytest bench/test_bench_purify.py -q -p no:cacheprovider \
   --benchmark-only --benchmark-json "$OUT/bench_$MODEL_A.json"
 stage parity 150 python3 -m pyengine parity --data "$DATA" --n $PARITY_N --batch-size $PARITY_BATCH \
-  --out "$OUT/parity.json"
+  --checkpoint pyengine/checkpoints/cifar10_preact_resnet_tiny.safetensors --out "$OUT/parity.json"
 stage bench-b 240 env PYENGINE_BENCH_MODEL=$MODEL_B PYENGINE_BENCH_STEPS=$STEPS PYENGINE_BENCH_BATCHES=$BATCHES_B \
   python3 -m pytest bench/test_bench_purify.py -q -p no:cacheprovider -k "engine or published" \
   --benchmark-only --benchmark-json "$OUT/bench_$MODEL_B.json"

@@ -24,7 +24,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   N=${N:-8} ATTACKS=${ATTACKS:-pgd3} ADAPTIVE_N=${ADAPTIVE_N:-4} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-bpda-pgd2}
   FIGURES=${FIGURES:-4} LIMIT="--limit 256" TEST_LIMIT="--test-limit 64" STEPS="--steps 2"
 elif [ "${SCALE:-gpu}" = cpu ]; then
-  # The tiny model (0.3 M parameters) with the embedded checkpoint as its standard setting;
+  # The tiny model (0.3 M parameters) with the standard embedded checkpoint as its standard setting;
   # bf16 autocast pays on CPUs with native bf16 (AVX512-BF16). The static attacks are the
   # two of Mao et al.'s Table 1 and AutoAttack (PGD-200 and BIM-200 would double the time);
   # the adaptive attacks run the purifier in every attack step, so they get fewer images

@@ -1,4 +1,5 @@
-"""The paper's Fig. 2 effect on the shipped checkpoint: attacks raise L_s, purification lowers it."""
+"""The shipped checkpoints load whole, and the paper's Fig. 2 effect on the standard one:
+attacks raise L_s, purification lowers it."""
 from pathlib import Path
 
 import pytest
@@ -7,8 +8,10 @@ import torch
 from pyengine import Purifier
 from pyengine.attacks import PGD
 from pyengine.data import load_cifar10
-from pyengine.demo import DEFAULT_CHECKPOINT
+from pyengine.demo import CHECKPOINTS, DEFAULT_CHECKPOINT, STANDARD_CHECKPOINT
+from pyengine.loading import load_purifier
 from pyengine.random import CounterRandom
+from pyengine.soap import MinAuxPurifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
@@ -21,15 +24,22 @@ def batch():
     return data.float_images(), data.labels
 
 
-def test_shipped_checkpoint_loads_with_head_and_bank():
-    purifier = Purifier.from_checkpoint(DEFAULT_CHECKPOINT)
+def test_shipped_soap_checkpoint_loads_min_aux():
+    purifier = load_purifier(CHECKPOINTS / "cifar10_preact_resnet_tiny_soap_lc.safetensors")
+    assert isinstance(purifier, MinAuxPurifier) and purifier.manifest["aux_task"] == "consistency"
+    assert "train-classifier" in purifier.manifest["training"]["command"]
+
+
+@pytest.mark.parametrize("checkpoint", [STANDARD_CHECKPOINT, DEFAULT_CHECKPOINT], ids=lambda p: p.stem)
+def test_shipped_checkpoint_loads_with_head_and_bank(checkpoint):
+    purifier = Purifier.from_checkpoint(checkpoint)
     assert purifier.objective.bank is not None and purifier.objective.bank.shape[1] == purifier.objective.head.out_features
     assert "train-head" in purifier.manifest["head_training"]["command"]
 
 
 def test_attack_raises_contrastive_loss_and_purification_lowers_it(batch):
     x, y = batch
-    purifier = Purifier.from_checkpoint(DEFAULT_CHECKPOINT, steps=10)
+    purifier = Purifier.from_checkpoint(STANDARD_CHECKPOINT, steps=10)
     indices = torch.arange(len(y))
     x_adv = PGD(purifier.classifier, eps=8 / 255, steps=10).perturb(x, y, generator=CounterRandom(0, indices))
     # L_s is a random quantity (random views): average over 8 draws, then over the images.
