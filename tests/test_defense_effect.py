@@ -24,9 +24,10 @@ def batch():
     return data.float_images(), data.labels
 
 
-def test_shipped_soap_checkpoint_loads_min_aux():
-    purifier = load_purifier(CHECKPOINTS / "cifar10_preact_resnet_tiny_soap_lc.safetensors")
-    assert isinstance(purifier, MinAuxPurifier) and purifier.manifest["aux_task"] == "consistency"
+@pytest.mark.parametrize("name, task", [("soap_lc", "consistency"), ("soap_rp", "rotation")])
+def test_shipped_soap_checkpoint_loads_min_aux(name, task):
+    purifier = load_purifier(CHECKPOINTS / f"cifar10_preact_resnet_tiny_{name}.safetensors")
+    assert isinstance(purifier, MinAuxPurifier) and purifier.manifest["aux_task"] == task
     assert "train-classifier" in purifier.manifest["training"]["command"]
 
 
