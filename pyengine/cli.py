@@ -212,6 +212,12 @@ def torch_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _add_default_checkpoint(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """--checkpoint for the commands that fall back to pyengine.demo.DEFAULT_CHECKPOINT."""
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help=f"{what}default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyengine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train_head)
 
     p = sub.add_parser("demo", help="attack, purify and compare on CIFAR-10 test images")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
+    _add_default_checkpoint(p)
     p.add_argument("--n", type=int, default=100, help="number of test images")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--eps", type=parse_fraction, default=8 / 255, help="attack radius (L-inf)")
@@ -275,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="static and adaptive attacks on the purified classifier: table, JSON, figures")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
+    _add_default_checkpoint(p)
     p.add_argument("--attacks", default="pgd50,bpda-pgd50,transfer-pgd50",
                    help="comma-separated attack specs; 'adaptive' adds the adaptive suite "
                         "(grammar: pyengine.attacks.suite)")
@@ -297,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purify", help="purify a folder or zip of images: purified PNGs and predictions.csv")
     p.add_argument("input", type=Path, help="folder or zip of *.png/*.jpg/*.jpeg at any depth; <class>/<file> "
                                             "with CIFAR-10 class names adds labels and accuracy")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped FGSM-RS checkpoint (pyengine.demo.DEFAULT_CHECKPOINT)")
+    _add_default_checkpoint(p)
     p.add_argument("--out", type=Path, required=True,
                    help="writes images/<path>.png, predictions.csv, summary.json; rerun to resume")
     p.add_argument("--batch-size", type=int, default=100)
@@ -313,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("parity", help="robust-accuracy gain of the fast path (bf16, CUDA graph) vs the fp32 "
                                       "reference path; exit status 1 when it differs by more than the tolerance")
-    p.add_argument("--checkpoint", type=Path, default=None, help="contrastive checkpoint (default: the embedded one)")
+    _add_default_checkpoint(p, "contrastive checkpoint; ")
     _add_data_args(p)
     p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="test images (default: %(default)s)")
     p.add_argument("--attack", default="pgd10", help="static attack spec (default: %(default)s)")
