@@ -27,7 +27,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from .data import CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, _decode
 from .distributed import barrier
 from .evaluation.runner import shard
 from .random import CounterRandom
+from .resume import claim, write_atomic
 
 
 def _hidden(name: str) -> bool:
@@ -171,36 +171,21 @@ def purify_images(purifier, source: str | Path | ImageSource, out: str | Path, *
     source.check_sizes(model_input_size(purifier))
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(json.dumps({
-        "files": source.paths, "batch_size": batch_size, "seed": seed,
-        "purifier": purifier.extra_repr(), **(settings or {}),
-    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    _claim(out, digest, {"source": str(source.location), "images": len(source), "batch_size": batch_size,
-                         "seed": seed, **(settings or {})})
+    recorded = {"batch_size": batch_size, "seed": seed, "purifier": purifier.extra_repr(), **(settings or {})}
+    digest = hashlib.sha256(json.dumps({"files": source.paths, **recorded}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    claim(out, digest, {"source": str(source.location), "images": len(source), **recorded})
 
     n = len(source)
     batches = [(b, start, min(n, start + batch_size)) for b, start in enumerate(range(0, n, batch_size))]
     todo = [b for b in shard(batches, rank, world_size) if _part(out, b[0], digest) is None]
     for b, start, stop in tqdm(todo, desc="purify", unit="batch", disable=not progress or rank != 0):
         rows = _purify_batch(purifier, source, start, stop, seed, out / "images")
-        _write_atomic(_part_path(out, b), json.dumps({"digest": digest, "rows": rows}))
+        write_atomic(_part_path(out, b), json.dumps({"digest": digest, "rows": rows}))
     barrier()
     if rank != 0:
         return None
     return _merge(out, source, batches, digest)
-
-
-def _claim(out: Path, digest: str, config: dict) -> None:
-    settings = out / "config.json"
-    if settings.exists():
-        previous = json.loads(settings.read_text())
-        if previous.get("digest") != digest:
-            raise DataError(f"{out} holds results of another configuration (hash {previous.get('digest')} != "
-                            f"{digest}: other images, checkpoint, steps, eps_v, seed or batch size); "
-                            "choose a new --out")
-    else:
-        # Every rank may get here first; the write is atomic and the content identical.
-        _write_atomic(settings, json.dumps({"digest": digest, **config}, indent=2, default=str))
 
 
 def _purify_batch(purifier, source: ImageSource, start: int, stop: int, seed: int, image_dir: Path) -> list[dict]:
@@ -218,7 +203,7 @@ def _purify_batch(purifier, source: ImageSource, start: int, stop: int, seed: in
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         Image.fromarray(pixels[k]).save(buffer, format="PNG")
-        _write_atomic(target, buffer.getvalue())
+        write_atomic(target, buffer.getvalue())
         row = {"path": source.paths[i], "prediction": _class_name(int(logits[k].argmax()), logits.shape[1]),
                "loss_before": float(before[k]), "loss_after": float(result.loss_trace[-1, k])}
         if source.labels is not None:
@@ -245,7 +230,7 @@ def _merge(out: Path, source: ImageSource, batches: list, digest: str) -> dict:
     for r in rows:
         writer.writerow([r["path"], r["prediction"], *([r["label"]] if labelled else []),
                          f"{r['loss_before']:.6f}", f"{r['loss_after']:.6f}"])
-    _write_atomic(out / "predictions.csv", text.getvalue())
+    write_atomic(out / "predictions.csv", text.getvalue())
     summary = {
         "images": len(rows),
         "accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows) if labelled else None,
@@ -255,7 +240,7 @@ def _merge(out: Path, source: ImageSource, batches: list, digest: str) -> dict:
         "images_dir": str(out / "images"),
         "digest": digest,
     }
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -274,13 +259,3 @@ def _part(out: Path, batch: int, digest: str) -> list[dict] | None:
         return None
     payload = json.loads(path.read_text())
     return payload["rows"] if payload.get("digest") == digest else None
-
-
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    # A file is either complete or absent: a killed run never leaves half a part or image.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    tmp.replace(path)

@@ -350,11 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models.checkpoint import CheckpointError
+    from .resume import RunFolderError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, CheckpointError) as err:
+    except (DataError, CheckpointError, RunFolderError) as err:
         print(f"pyengine {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -5,12 +5,13 @@
 # with the papers' numbers beside ours.
 #
 #   bash scripts/reproduce_papers.sh                # PreAct-ResNet-18 (half width): needs a GPU (hours)
-#   SCALE=cpu bash scripts/reproduce_papers.sh      # the tiny model on 2 CPU cores (about 2 hours)
+#   SCALE=cpu bash scripts/reproduce_papers.sh      # the tiny model on 2 CPU cores (about 8 hours)
 #   SMOKE=1 bash scripts/reproduce_papers.sh        # a few images: checks the pipeline (minutes)
 #
 # It goes setting by setting (standard, adversarial, SOAP LC, SOAP RP), so a partial run
-# leaves whole settings. Every step skips its output when it exists (training also resumes
-# per epoch): run it again to continue, e.g. over several GPU slices.
+# leaves whole settings. Every step skips its output when it exists (training resumes per
+# epoch, evaluation per batch of images and attack): run it again to continue, e.g. over
+# several GPU slices, or with a longer ATTACKS list to add attacks to finished settings.
 # Knobs (environment): OUT, DATA, DEVICE, MODEL, EPOCHS, HEAD_EPOCHS, PRECISION, N, ATTACKS,
 # ADAPTIVE_N, ADAPTIVE_ATTACKS, FIGURES, SETTINGS, STANDARD (an existing contrastive checkpoint
 # to evaluate as the standard setting instead of training one).
@@ -26,12 +27,11 @@ if [ "${SMOKE:-0}" = 1 ]; then
 elif [ "${SCALE:-gpu}" = cpu ]; then
   # The tiny model (0.3 M parameters) with the standard embedded checkpoint as its standard setting;
   # bf16 autocast pays on CPUs with native bf16 (AVX512-BF16). The static attacks are the
-  # two of Mao et al.'s Table 1 and AutoAttack (PGD-200 and BIM-200 would double the time);
-  # the adaptive attacks run the purifier in every attack step, so they get fewer images
-  # and steps.
+  # issue's five; the adaptive attacks run the purifier in every attack step, so they get
+  # fewer images and steps.
   OUT=${OUT:-runs/reproduce_cpu} MODEL=${MODEL:-preact_resnet_tiny} EPOCHS=${EPOCHS:-8} HEAD_EPOCHS=${HEAD_EPOCHS:-6}
   PRECISION=${PRECISION:-bf16} STANDARD=${STANDARD:-pyengine/checkpoints/cifar10_preact_resnet_tiny.safetensors}
-  N=${N:-1000} ATTACKS=${ATTACKS:-pgd50,cw200,autoattack}
+  N=${N:-1000} ATTACKS=${ATTACKS:-pgd50,pgd200,bim200,cw200,autoattack}
   ADAPTIVE_N=${ADAPTIVE_N:-100} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-pgd50,transfer-pgd50,bpda-pgd10,unrolled-pgd10}
   FIGURES=${FIGURES:-100} LIMIT="" TEST_LIMIT="" STEPS=""
   HEAD_ARGS=(--limit 25000 --batch-size 512 --lr 3e-3)  # the embedded head's recipe
@@ -68,16 +68,34 @@ train_head() {  # train_head CLASSIFIER OUTPUT: the contrastive head G and its b
   run "$2" python3 -m pyengine train-head --checkpoint "$1" --epochs "$HEAD_EPOCHS" --precision "$PRECISION" \
     --out "$2" $LIMIT "${HEAD_ARGS[@]}" "${common[@]}"
 }
+# evaluated DIR ATTACKS: DIR holds a finished evaluation that covers every attack of ATTACKS
+evaluated() {
+  python3 -c "
+import json, sys
+from pathlib import Path
+from pyengine.attacks import expand_specs
+results = Path(sys.argv[1], 'results.json')
+done = json.loads(results.read_text())['config']['attacks'] if results.exists() else []
+sys.exit(0 if set(expand_specs(sys.argv[2])) <= set(done) else 1)" "$1" "$2"
+}
 # evaluate SETTING CHECKPOINT FIGURES [extra eval arguments]: the static attacks on N images
 # in <setting>/ (with the figures on the first FIGURES), the adaptive ones on the first
-# ADAPTIVE_N in <setting>_adaptive/: the layout `pyengine results` reads.
+# ADAPTIVE_N in <setting>_adaptive/: the layout `pyengine results` reads. An evaluation that
+# lacks some of the attacks resumes: eval skips the (attack, batch) units it already has.
 evaluate() {
   local setting=$1 checkpoint=$2 figures=$3
   shift 3
-  run "$OUT/$setting/results.json" python3 -m pyengine eval --checkpoint "$checkpoint" --n "$N" \
-    --attacks "$ATTACKS" --figures "$figures" --out "$OUT/$setting" $STEPS "${common[@]}" "$@"
-  run "$OUT/${setting}_adaptive/results.json" python3 -m pyengine eval --checkpoint "$checkpoint" \
-    --n "$ADAPTIVE_N" --attacks "$ADAPTIVE_ATTACKS" --out "$OUT/${setting}_adaptive" $STEPS "${common[@]}" "$@"
+  if [ -d "$OUT/$setting/figures" ]; then figures=0; fi  # drawn by an earlier run
+  evaluate_on "$OUT/$setting" "$N" "$ATTACKS" --figures "$figures" --checkpoint "$checkpoint" "$@"
+  evaluate_on "$OUT/${setting}_adaptive" "$ADAPTIVE_N" "$ADAPTIVE_ATTACKS" --checkpoint "$checkpoint" "$@"
+}
+evaluate_on() {  # evaluate_on DIR N ATTACKS [eval arguments]: skipped when DIR has every attack
+  local dir=$1 n=$2 attacks=$3
+  shift 3
+  if evaluated "$dir" "$attacks"; then echo "== $dir has $attacks, skipped"; return; fi
+  local command=(python3 -m pyengine eval --n "$n" --attacks "$attacks" --out "$dir" $STEPS "${common[@]}" "$@")
+  echo "== ${command[*]}"
+  "${command[@]}"
 }
 contrastive=(--precision "$PRECISION")  # SOAP's purifiers run in fp32
 

@@ -24,6 +24,7 @@ from pyengine.batch import ImageSource, purify_images
 from pyengine.data import CIFAR10_CLASSES, DataError
 from pyengine.evaluation.runner import EvalConfig, plan_units, shard
 from pyengine.models import ContrastiveHead
+from pyengine.resume import RunFolderError
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
@@ -205,7 +206,7 @@ def test_purify_reads_a_nested_zip_like_the_folder(work, purify_one, tmp_path):
     assert (tmp_path / "out" / "images" / "day1").is_dir()
 
 
-def test_purify_input_errors(work, purify_one, tmp_path):
+def test_purify_input_errors(work, purify_one, tmp_path, capsys):
     purifier = Purifier.from_checkpoint(work.checkpoint, steps=2)
     small = tmp_path / "small" / "a" / "b"
     small.mkdir(parents=True)
@@ -229,5 +230,12 @@ def test_purify_input_errors(work, purify_one, tmp_path):
     Image.new("RGB", (32, 32)).save(twins / "x.jpg")
     with pytest.raises(DataError, match="would both be written as 'x.png'"):
         ImageSource.open(twins)
-    with pytest.raises(DataError, match="another configuration"):
+    with pytest.raises(RunFolderError, match="another configuration: .*seed \\(0 there, 1 now\\)"):
         purify_images(purifier, work.images, purify_one, batch_size=3, seed=1, progress=False)
+    other_steps = purify_args(work, work.images, purify_one) + ["--steps", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main([str(a) for a in other_steps]) == 2  # the CLI says why, without a traceback
+    finally:
+        torch.set_num_threads(threads)
+    assert "another configuration: purifier" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyengine import create_model
-from pyengine.attacks import PGD
+from pyengine.attacks import PGD, Unrolled
 from pyengine.data import ImageSet, load_cifar10
 from pyengine.models import CheckpointError, save_checkpoint
 from pyengine.models.aux_heads import AUX_TASKS, ReconstructionDecoder, RotationHead, build_aux_head
@@ -280,6 +280,32 @@ def test_min_aux_costs_one_batched_pass_per_radius_and_equals_a_slow_per_image_s
         assert torch.equal(images[best][0], fast.images[i])
 
 
+def test_unrolled_attack_differentiates_each_image_at_its_min_aux_radius():
+    model = tiny_model()
+    purifier = MinAuxPurifier(model, ConsistencyObjective(model), n_radii=4)
+    # A uniform image is its own flipped crop (loss 0 already): min-aux keeps it, e = 0.
+    x = torch.cat([torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.full((1, 3, 16, 16), 0.4)])
+    picks = purifier.purify(x, return_choice=True).index.tolist()
+    assert picks[-1] == 0 and len(set(picks[:-1])) >= 2  # the case the test is about
+    xg = x.clone().requires_grad_(True)
+    logits = Unrolled(purifier)(xg)
+    torch.testing.assert_close(logits, purifier(x))
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))
+    grad, = torch.autograd.grad((logits * weights).sum(), xg)
+
+    def grad_at_radius(e):  # the whole batch unrolled at radius e (the images do not interact)
+        xe = x.clone().requires_grad_(True)
+        at_e = model(xe) if e == 0 else Unrolled(soap_purifier(model, purifier.objective, eps=purifier.radii[e]))(xe)
+        return torch.autograd.grad((at_e * weights).sum(), xe)[0]
+
+    by_radius = {e: grad_at_radius(e) for e in set(picks) | {purifier.n_radii}}
+    for i, e in enumerate(picks):
+        torch.testing.assert_close(grad[i], by_radius[e][i], rtol=1e-4, atol=1e-6)
+    # The pick matters: the largest radius gives the other images another gradient.
+    smaller = [i for i, e in enumerate(picks) if e < purifier.n_radii]
+    assert not torch.allclose(grad[smaller], by_radius[purifier.n_radii][smaller])
+
+
 def test_min_aux_with_a_network_objective_stays_in_the_chosen_ball():
     model = tiny_model()
     purifier = MinAuxPurifier(model, RotationObjective(model, RotationHead(model.num_features).eval()), n_radii=4)
@@ -393,6 +419,8 @@ def test_bad_settings_raise():
         MinAuxPurifier(model, objective, n_radii=0)
     with pytest.raises(ValueError, match="delta"):
         MinAuxPurifier(model, objective, delta=0.0)
+    with pytest.raises(ValueError, match=r"radius index must lie in \[1, 10\], got 0"):
+        MinAuxPurifier(model, objective).rule(0)
     with pytest.raises(ValueError, match="unknown auxiliary task 'jigsaw'"):
         make_objective("jigsaw", model)
     with pytest.raises(ValueError, match="head expects 512 input features but the classifier gives 128"):

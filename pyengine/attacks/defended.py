@@ -33,6 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from ..ops import projection_step, projection_step_reference
 from ..purify.purifier import check_images
 from ..random import CounterRandom
+from ..soap.select import MinAuxPurifier
+from .base import subset_random
 from .checks import EvaluationWarning
 
 RANDOMNESS = ("shared", "fresh")
@@ -233,6 +235,9 @@ class Unrolled(DefendedModel):
     L2: the normalised gradient depends on x_k, so the backward of every step recomputes it
     with ``create_graph=True`` (Hessian-vector products of L_s), see ``_UnrolledL2Step``.
 
+    SOAP's :class:`~pyengine.soap.MinAuxPurifier`: each image is unrolled at the radius
+    min-aux picks for it (the pick held fixed, see ``_unroll_min_aux``).
+
     Without a gradient to compute (``torch.no_grad`` or x not requiring grad) the forward is
     the defense itself.
     """
@@ -244,7 +249,12 @@ class Unrolled(DefendedModel):
         if not (torch.is_grad_enabled() and x.requires_grad):
             return self.classifier(p.purify(x, generator=rng))
         check_images(x.detach())
-        rule = p.step
+        if isinstance(p, MinAuxPurifier):
+            return self.classifier(self._unroll_min_aux(x, rng))
+        return self.classifier(self._unroll(x, rng, p.step))
+
+    def _unroll(self, x, rng, rule):
+        p = self.purifier
         xk = rule.start(x, generator=rng)
         for _ in range(p.steps):
             if rule.norm == "linf":
@@ -254,4 +264,20 @@ class Unrolled(DefendedModel):
                 xk = checkpoint(projection_step, xk, g, x, rule.step_size, rule.eps, "linf", use_reentrant=False)
             else:
                 xk = _UnrolledL2Step.apply(xk, x, p.objective, rng, rule.step_size, rule.eps)
-        return self.classifier(xk)
+        return xk
+
+    def _unroll_min_aux(self, x, rng):
+        """SOAP's min-aux: each image unrolled at the radius the defense picks for it. The pick,
+        an argmin over the radii, is piecewise constant in x, so holding it fixed gives the
+        exact gradient almost everywhere; the pick e = 0 (the input kept) is the identity.
+        SOAP's objectives draw no randomness, so the draws need not replay the defense's."""
+        p = self.purifier
+        with torch.no_grad():
+            pick = p.purify(x.detach(), generator=copy.copy(rng), return_choice=True).index
+        purified = x
+        for e in pick.unique().tolist():
+            if e > 0:
+                rows = (pick == e).nonzero()[:, 0]
+                part = self._unroll(x[rows], subset_random(rng, rows), p.rule(e))
+                purified = purified.index_copy(0, rows, part)
+        return purified

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..random import CounterRandom
+from ..resume import claim, write_atomic
 
 CLEAN = "clean"
 
@@ -103,18 +103,7 @@ class Evaluation:
     def __post_init__(self):
         self.out = Path(self.out)
         (self.out / "units").mkdir(parents=True, exist_ok=True)
-        settings = self.out / "config.json"
-        digest = self.config.digest()
-        if settings.exists():
-            previous = json.loads(settings.read_text())
-            if previous.get("digest") != digest:
-                raise ValueError(f"{self.out} holds results of another configuration "
-                                 f"(hash {previous.get('digest')} != {digest}); choose a new --out")
-        else:
-            # Every rank may get here first; the write is atomic and the content identical.
-            tmp = settings.with_name(f"config.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"digest": digest, **asdict(self.config)}, indent=2))
-            tmp.replace(settings)
+        claim(self.out, self.config.digest(), asdict(self.config), unhashed=("attacks",))
 
     def attack(self, spec: str):
         if spec not in self._attacks:
@@ -130,10 +119,9 @@ class Evaluation:
         for unit in bar:
             bar.set_postfix(attack=unit.attack, images=f"{unit.start}-{unit.stop}")
             records = self.run_unit(unit)
-            path = self.out / "units" / unit.filename
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"digest": self.config.digest(), "records": records}))
-            tmp.replace(path)  # a unit is either complete or absent: resume never reads half a file
+            # A unit is either complete or absent: resume never reads half a file.
+            write_atomic(self.out / "units" / unit.filename,
+                         json.dumps({"digest": self.config.digest(), "records": records}))
 
     def run_unit(self, unit: Unit) -> list[dict]:
         device = next(self.purifier.classifier.parameters()).device

@@ -99,6 +99,12 @@ class MinAuxPurifier(nn.Module):
     def train(self, mode: bool = True) -> "MinAuxPurifier":
         return super().train(False)
 
+    def rule(self, e: int) -> ProjectedStep:
+        """The step rule of Algorithm 2 at radius e * delta, e = 1..n_radii."""
+        if not 1 <= e <= self.n_radii:
+            raise ValueError(f"radius index must lie in [1, {self.n_radii}], got {e!r}")
+        return self._purifiers[e - 1].step
+
     def candidates(self, x: torch.Tensor, *, generator=None, record: bool = False) -> Iterator[Candidate]:
         """Each radius's purification of the batch, e = 0..n_radii (``record``: keep the iterates)."""
         self._purifiers[0]._check_input(x)
