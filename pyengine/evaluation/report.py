@@ -68,7 +68,7 @@ def markdown_table(summary: dict) -> str:
         f"seed {summary['config']['seed']} · "
         f"config {summary['config']['digest']}",
         "",
-        "| attack | Standard | Purified (static attack) | Purified (adaptive attack) | L_s attacked → purified |"
+        "| attack | Standard | Purified (static attack) | Purified (adaptive attack) | loss attacked → purified |"
         + oracle_head,
         "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if has_oracle else ""),
     ]
@@ -84,6 +84,8 @@ def markdown_table(summary: dict) -> str:
                  f"{_pct(worst['purified_all']) if worst['adaptive_attacks'] else '—'} | |" + (" |" if has_oracle else ""))
     lines += ["", "Worst case: an image counts only if it is classified correctly clean and under every "
               "attack of its column (the adaptive column takes every attack, static and adaptive).",
+              "Loss: the purifier's objective, mean per image (L_s for the contrastive reverse attack, "
+              "L_aux for SOAP).",
               f"Purification latency: {1000 * summary['seconds_per_image']:.1f} ms per image on this machine."]
     if summary["config"].get("purifier"):
         lines.append(f"Purifier: `{summary['config']['purifier']}`.")
