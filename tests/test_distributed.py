@@ -54,14 +54,19 @@ def work(tmp_path_factory):
     return SimpleNamespace(root=root, checkpoint=checkpoint, images=root / "images")
 
 
-def in_process(*args) -> None:
-    """One process, in this interpreter: no torchrun environment, so ``world()`` is a world of one."""
+def cli_exit_code(*args) -> int:
+    """``pyengine ARGS`` in this interpreter (no torchrun environment, so ``world()`` is a
+    world of one), keeping the test process's thread count."""
     assert "RANK" not in os.environ
     threads = torch.get_num_threads()
     try:
-        assert cli.main([str(a) for a in args]) == 0
+        return cli.main([str(a) for a in args])
     finally:
         torch.set_num_threads(threads)
+
+
+def in_process(*args) -> None:
+    assert cli_exit_code(*args) == 0
 
 
 def child_env() -> dict:
@@ -233,9 +238,5 @@ def test_purify_input_errors(work, purify_one, tmp_path, capsys):
     with pytest.raises(RunFolderError, match="another configuration: .*seed \\(0 there, 1 now\\)"):
         purify_images(purifier, work.images, purify_one, batch_size=3, seed=1, progress=False)
     other_steps = purify_args(work, work.images, purify_one) + ["--steps", "1"]
-    threads = torch.get_num_threads()
-    try:
-        assert cli.main([str(a) for a in other_steps]) == 2  # the CLI says why, without a traceback
-    finally:
-        torch.set_num_threads(threads)
+    assert cli_exit_code(*other_steps) == 2  # the CLI says why, without a traceback
     assert "another configuration: purifier" in capsys.readouterr().err

@@ -42,6 +42,8 @@ class EvalConfig:
     checkpoint: str = ""
     purifier: str = ""  # the purifier's type and settings (``evaluate`` fills it in)
 
+    UNHASHED = ("attacks",)  # see digest
+
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1:
             raise ValueError(f"n and batch_size must be >= 1, got n={self.n}, batch_size={self.batch_size}")
@@ -54,7 +56,7 @@ class EvalConfig:
         one attack's), so adding an attack to a finished run computes only its units. The
         numbers do not depend on the batch size, but the unit files do, so a resume with
         another batch size is refused rather than mixed."""
-        settings = {k: v for k, v in asdict(self).items() if k != "attacks"}
+        settings = {k: v for k, v in asdict(self).items() if k not in self.UNHASHED}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -103,7 +105,7 @@ class Evaluation:
     def __post_init__(self):
         self.out = Path(self.out)
         (self.out / "units").mkdir(parents=True, exist_ok=True)
-        claim(self.out, self.config.digest(), asdict(self.config), unhashed=("attacks",))
+        claim(self.out, self.config.digest(), asdict(self.config), unhashed=self.config.UNHASHED)
 
     def attack(self, spec: str):
         if spec not in self._attacks:
