@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pyengine import Purifier, create_model
 from pyengine.models import ContrastiveHead, model_config
+from pyengine.provenance import provenance, utc_now
 
 KINDS = (  # first match wins: (kind, substrings of the kernel name, lower case)
     ("fused ops", ("sample_views", "lse_kernel", "grad_kernel", "normalize_kernel", "view_mean", "linf_", "l2_")),
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile experiment")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    started = utc_now()
     x = torch.rand(args.batch, 3, 32, 32, device="cuda")
     report = {"device": torch.cuda.get_device_name(), "model": args.model, "batch": args.batch, "steps": args.steps,
               "seconds": {}, "images_per_second": {}}
@@ -91,6 +93,7 @@ def main() -> None:
             report["seconds"][name], report["images_per_second"][name] = seconds, args.batch / seconds
         except Exception as err:  # an experiment: record why it failed and go on
             report["seconds"][name] = f"failed: {type(err).__name__}: {str(err)[:300]}"
+        report["provenance"] = provenance(started=started, device=x.device)
         save(report, args.out)  # after every measurement: a stage cut short keeps what it has
 
     report["breakdown"] = kernel_breakdown(build(args.model, args.profile_steps, cuda_graph=False), x)

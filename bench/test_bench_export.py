@@ -7,7 +7,6 @@ project's machines has it (export/README.md gives the commands for a Jetson).
 
 Run: python -m pytest bench/test_bench_export.py --benchmark-only
 """
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from pyengine import Purifier, create_model
 from pyengine.deploy import OnnxPurifier, export_onnx
+from pyengine.hardware import cpu_description
 from pyengine.models import ContrastiveHead
 from pyengine.ops import extension_loaded
 
@@ -27,16 +27,6 @@ BATCHES = [1, 32]
 CHECKPOINT = Path(__file__).resolve().parent.parent / "pyengine" / "checkpoints" / "cifar10_preact_resnet_tiny.safetensors"
 PROVIDERS = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in
                                         ort.get_available_providers() else [])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +49,7 @@ def info(benchmark, batch, backend):
     benchmark.extra_info.update({
         "K": K, "batch": batch, "image_size": SIZE, "backend": backend,
         "weights": CHECKPOINT.name if CHECKPOINT.is_file() else "random (checkpoint absent)",
-        "cpu": f"{cpu_name()}, torch {torch.get_num_threads()} threads",
+        "cpu": cpu_description(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "fused_ops": extension_loaded(), "onnxruntime": ort.__version__, "torch": torch.__version__,
     })

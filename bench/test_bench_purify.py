@@ -10,10 +10,11 @@ the engine's levers, e.g. ``fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-grap
 none). Random weights: speed does not depend on them. On CUDA each result also records the
 peak GPU memory of the call. FLOPs are counted with torch.utils.flop_counter on one engine step
 (forward and input-gradient backward of all views); both paths are credited with the
-same useful FLOPs, so the published loop's weight gradients count as waste.
+same useful FLOPs, so the published loop's weight gradients count as waste. Each result
+records the device (a CPU with its ISA flags and threads) and the provenance record of
+:mod:`pyengine.provenance` (commit, versions, times), which ``pyengine bench`` tabulates.
 """
 import os
-import platform
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from published_loop import published_purify
 from pyengine import Purifier, create_model
 from pyengine.models import ContrastiveHead, model_config
+from pyengine.provenance import device_name, provenance, utc_now
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODEL = os.environ.get("PYENGINE_BENCH_MODEL", "preact_resnet_tiny")
@@ -37,16 +39,6 @@ def variant_settings(name: str) -> dict:
     precision, *rest = name.split("-")
     return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
             "compile": "compile" in rest}
-
-
-def device_name():
-    if DEVICE == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
 
 
 @pytest.fixture
@@ -72,7 +64,7 @@ def step_flops(purifier, x):
 
 def record(benchmark, path, batch, flops_per_image):
     benchmark.group = f"purify {MODEL} K={STEPS} batch {batch}"
-    benchmark.extra_info.update(path=path, model=MODEL, steps=STEPS, batch=batch, device=device_name(),
+    benchmark.extra_info.update(path=path, model=MODEL, steps=STEPS, batch=batch, device=device_name(DEVICE),
                                 threads=torch.get_num_threads(), flops_per_image=flops_per_image)
 
 
@@ -88,9 +80,11 @@ def timed(fn):
 def run_rounds(benchmark, fn, batch):
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    started = utc_now()
     benchmark.pedantic(timed(fn), rounds=3 if batch < 128 else 1, warmup_rounds=1)
     if DEVICE == "cuda":
         benchmark.extra_info["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    benchmark.extra_info["provenance"] = provenance(started=started, device=DEVICE)
 
 
 def bench_engine(benchmark, models, batch, path, **settings):

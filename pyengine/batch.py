@@ -12,11 +12,18 @@ Output under ``out``:
 - ``images/<relative path>.png``: the purified images, rounded to 8 bits (predictions are
   made on the unrounded images);
 - ``predictions.csv``: ``path, prediction[, label], loss_before, loss_after`` (L_s, Eq. 4
-  of Mao et al., before and after purification), one row per image, sorted by path;
-- ``summary.json``: counts, accuracy, mean L_s;
+  of Mao et al., before and after purification), one row per image, sorted by path; a path
+  beginning with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'`` so
+  that a spreadsheet shows it as text instead of running it as a formula;
+- ``summary.json``: counts, accuracy, mean L_s, the output names relative to ``out`` and the
+  provenance record (:mod:`pyengine.provenance`; the images identified by their contents);
 - ``parts/batch_NNNNN.json``: one file per finished batch, written atomically; a rerun of
-  the same command skips them, so a killed run resumes. ``config.json`` refuses a rerun
-  with other settings in the same folder.
+  the same command skips them, so a killed run resumes. A part counts only when it parses
+  and every PNG it lists is there with the bytes it recorded; otherwise the batch is redone.
+- ``config.json``: the run's key (:func:`pyengine.resume.claim`): the settings, the sha256
+  of every input file's bytes and of the purifier's weights. A rerun into the same folder
+  with other inputs, weights or settings is refused, naming what changed; the paths of the
+  source and checkpoint are recorded but not keyed (moving them does not matter).
 
 Under torchrun the batches are sharded across ranks like ``pyengine eval``'s units
 (:func:`pyengine.evaluation.runner.shard`) and rank 0 merges the part files after a barrier.
@@ -24,6 +31,7 @@ Under torchrun the batches are sharded across ranks like ``pyengine eval``'s uni
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -37,11 +45,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .data import CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, _decode
+from .data import CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, _decode, read_member
 from .distributed import barrier
 from .evaluation.runner import shard
+from .provenance import provenance, relative_path, utc_now
 from .random import CounterRandom
-from .resume import claim, write_atomic
+from .resume import claim, weights_digest, write_atomic
 
 
 def _hidden(name: str) -> bool:
@@ -115,7 +124,8 @@ class ImageSource:
                     stream = zf.open(path) if zf is not None else open(self.location / path, "rb")
                     with stream, Image.open(stream) as im:
                         w, h = im.size
-                except (UnidentifiedImageError, OSError, SyntaxError, zipfile.BadZipFile, zlib.error) as err:
+                except (UnidentifiedImageError, OSError, SyntaxError, zipfile.BadZipFile, zlib.error,
+                        Image.DecompressionBombError) as err:
                     raise DataError(f"corrupt image file {self.where(i)}: {err}") from err
                 if expected is None:
                     expected = (h, w)
@@ -127,13 +137,36 @@ class ImageSource:
                 zf.close()
         return tuple(expected)
 
+    def _raw(self, indices) -> list[bytes]:
+        try:
+            if self.is_zip:
+                with zipfile.ZipFile(self.location) as zf:
+                    return [read_member(zf, self.paths[i], self.where(i)) for i in indices]
+            return [(self.location / self.paths[i]).read_bytes() for i in indices]
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as err:
+            raise DataError(f"cannot read {self.location}: {err}") from err
+
+    @functools.cached_property
+    def file_digests(self) -> tuple[str, ...]:
+        """sha256 of each image file's bytes, in ``paths`` order (read once, then cached)."""
+        digests = []
+        for start in range(0, len(self), 256):  # a bounded number of files in memory at once
+            digests += [hashlib.sha256(raw).hexdigest() for raw in self._raw(range(start, min(len(self), start + 256)))]
+        return tuple(digests)
+
+    @property
+    def digest(self) -> str:
+        """16 hex digits of sha256 over every image's relative path and bytes: a run folder's key."""
+        text = "".join(f"{path}\0{sha}\n" for path, sha in zip(self.paths, self.file_digests))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def read(self, start: int, stop: int) -> torch.Tensor:
-        """Images ``start:stop`` as uint8 Tensor[N, 3, H, W]."""
-        if self.is_zip:
-            with zipfile.ZipFile(self.location) as zf:
-                raw = [zf.read(self.paths[i]) for i in range(start, stop)]
-        else:
-            raw = [(self.location / self.paths[i]).read_bytes() for i in range(start, stop)]
+        """Images ``start:stop`` as uint8 Tensor[N, 3, H, W]; DataError when a file's bytes are
+        no longer those :attr:`file_digests` recorded (the results would not match the key)."""
+        raw = self._raw(range(start, stop))
+        for k, data in enumerate(raw):
+            if hashlib.sha256(data).hexdigest() != self.file_digests[start + k]:
+                raise DataError(f"{self.where(start + k)} changed while it was being purified; run the command again")
         return torch.from_numpy(np.stack([_decode(r, self.where(start + k)) for k, r in enumerate(raw)]))
 
 
@@ -160,21 +193,25 @@ def purify_images(purifier, source: str | Path | ImageSource, out: str | Path, *
                   progress: bool = True) -> dict | None:
     """Purify (this rank's share of) ``source`` into ``out``; rank 0 then merges every rank's
     batches into ``predictions.csv`` and ``summary.json``. Returns the summary on rank 0, None
-    elsewhere. ``settings`` (e.g. the checkpoint path) join the configuration hash that
-    guards ``out`` against mixing runs.
+    elsewhere. ``settings`` are recorded in ``out/config.json`` and join the key that guards
+    ``out`` against mixing runs, but for the ``UNHASHED`` ones (e.g. ``checkpoint``, a path:
+    the weights are keyed by content).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size), got rank={rank}, world_size={world_size}")
+    started = utc_now()
     source = source if isinstance(source, ImageSource) else ImageSource.open(source)
     source.check_sizes(model_input_size(purifier))
     out = Path(out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    recorded = {"batch_size": batch_size, "seed": seed, "purifier": purifier.extra_repr(), **(settings or {})}
-    digest = hashlib.sha256(json.dumps({"files": source.paths, **recorded}, sort_keys=True,
-                                       default=str).encode()).hexdigest()[:16]
-    claim(out, digest, {"source": str(source.location), "images": len(source), **recorded})
+    recorded = {"batch_size": batch_size, "seed": seed, "purifier": purifier.extra_repr(), **(settings or {}),
+                "inputs_sha256": source.digest, "weights_sha256": weights_digest(purifier)}
+    hashed = {k: v for k, v in recorded.items() if k not in UNHASHED}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    claim(out, digest, {"source": relative_path(source.location), "images": len(source), **recorded},
+          unhashed=UNHASHED)
+    (out / "parts").mkdir(exist_ok=True)
 
     n = len(source)
     batches = [(b, start, min(n, start + batch_size)) for b, start in enumerate(range(0, n, batch_size))]
@@ -185,7 +222,12 @@ def purify_images(purifier, source: str | Path | ImageSource, out: str | Path, *
     barrier()
     if rank != 0:
         return None
-    return _merge(out, source, batches, digest)
+    return _merge(out, source, batches, digest, purifier, started)
+
+
+# Where the inputs and the weights came from: recorded in config.json, not keyed (their
+# contents are, as inputs_sha256 and weights_sha256).
+UNHASHED = ("source", "images", "checkpoint")
 
 
 def _purify_batch(purifier, source: ImageSource, start: int, stop: int, seed: int, image_dir: Path) -> list[dict]:
@@ -205,14 +247,15 @@ def _purify_batch(purifier, source: ImageSource, start: int, stop: int, seed: in
         Image.fromarray(pixels[k]).save(buffer, format="PNG")
         write_atomic(target, buffer.getvalue())
         row = {"path": source.paths[i], "prediction": _class_name(int(logits[k].argmax()), logits.shape[1]),
-               "loss_before": float(before[k]), "loss_after": float(result.loss_trace[-1, k])}
+               "loss_before": float(before[k]), "loss_after": float(result.loss_trace[-1, k]),
+               "png_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
         if source.labels is not None:
             row["label"] = CIFAR10_CLASSES[source.labels[i]]
         rows.append(row)
     return rows
 
 
-def _merge(out: Path, source: ImageSource, batches: list, digest: str) -> dict:
+def _merge(out: Path, source: ImageSource, batches: list, digest: str, purifier, started: str) -> dict:
     rows, missing = [], []
     for b, _, _ in batches:
         part = _part(out, b, digest)
@@ -228,7 +271,7 @@ def _merge(out: Path, source: ImageSource, batches: list, digest: str) -> dict:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "prediction", *(["label"] if labelled else []), "loss_before", "loss_after"])
     for r in rows:
-        writer.writerow([r["path"], r["prediction"], *([r["label"]] if labelled else []),
+        writer.writerow([csv_text(r["path"]), r["prediction"], *([r["label"]] if labelled else []),
                          f"{r['loss_before']:.6f}", f"{r['loss_after']:.6f}"])
     write_atomic(out / "predictions.csv", text.getvalue())
     summary = {
@@ -236,12 +279,20 @@ def _merge(out: Path, source: ImageSource, batches: list, digest: str) -> dict:
         "accuracy": sum(r["prediction"] == r["label"] for r in rows) / len(rows) if labelled else None,
         "loss_before": sum(r["loss_before"] for r in rows) / len(rows),
         "loss_after": sum(r["loss_after"] for r in rows) / len(rows),
-        "predictions": str(out / "predictions.csv"),
-        "images_dir": str(out / "images"),
+        "predictions": "predictions.csv",  # relative to out: a result file names no machine's folders
+        "images_dir": "images",
         "digest": digest,
+        "provenance": provenance(data=source, started=started,
+                                 device=next(purifier.classifier.parameters()).device),
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def csv_text(value: str) -> str:
+    """``value`` as a CSV cell that spreadsheets show as text: a leading ``'`` when it begins
+    with a character that starts a formula (OWASP's CSV injection advice)."""
+    return f"'{value}" if value.startswith(("=", "+", "-", "@", "\t", "\r")) else value
 
 
 def _class_name(k: int, num_classes: int) -> str:
@@ -253,9 +304,23 @@ def _part_path(out: Path, batch: int) -> Path:
 
 
 def _part(out: Path, batch: int, digest: str) -> list[dict] | None:
-    """The rows of a finished batch of this configuration, or None."""
-    path = _part_path(out, batch)
-    if not path.exists():
+    """The rows of a finished batch of this configuration, or None (then the batch is redone):
+    the part file must parse and every PNG it lists must hold the bytes it recorded."""
+    try:
+        payload = json.loads(_part_path(out, batch).read_text())
+    except (OSError, ValueError):  # missing or corrupt: recompute rather than trust it
         return None
-    payload = json.loads(path.read_text())
-    return payload["rows"] if payload.get("digest") == digest else None
+    rows = payload.get("rows") if isinstance(payload, dict) and payload.get("digest") == digest else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and _ROW_KEYS <= r.keys() for r in rows):
+        return None
+    for row in rows:
+        try:
+            png = (out / "images" / output_name(str(row["path"]))).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(png).hexdigest() != row["png_sha256"]:
+            return None
+    return rows
+
+
+_ROW_KEYS = {"path", "prediction", "loss_before", "loss_after", "png_sha256"}

@@ -1,16 +1,21 @@
 """``pyengine bench``: the engine vs the published loop, from a pytest-benchmark JSON file
-written by ``bench/test_bench_purify.py`` (several files may be given, e.g. one per model)."""
+written by ``bench/test_bench_purify.py`` (several files may be given, e.g. one per model or
+machine). Each row names its device from the results' provenance record; files written
+before the record existed fall back to their ``device`` field, else ``not recorded``."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .provenance import NOT_RECORDED, footer
+
 VARIANT = "variant:"
 
 
 def load_rows(*paths: str | Path) -> list[dict]:
-    """One row per (model, K, batch): each path's mean seconds per purification call
-    (``engine``, ``published``, ``variant:<name>``) and peak GPU memory where recorded."""
+    """One row per (model, K, batch, device): each path's mean seconds per purification call
+    (``engine``, ``published``, ``variant:<name>``), peak GPU memory where recorded, and the
+    provenance records of its results (``records``)."""
     rows: dict[tuple, dict] = {}
     for path in paths:
         for bench in json.loads(Path(path).read_text()).get("benchmarks", []):
@@ -18,12 +23,18 @@ def load_rows(*paths: str | Path) -> list[dict]:
             name = info.get("path", "")
             if name not in ("engine", "published") and not name.startswith(VARIANT):
                 continue
-            key = (info["model"], info["steps"], info["batch"])
-            row = rows.setdefault(key, {"model": key[0], "steps": key[1], "batch": key[2], "device": info["device"],
-                                        "flops_per_image": info["flops_per_image"], "memory_mib": {}})
+            record = info.get("provenance") if isinstance(info.get("provenance"), dict) else None
+            device = (record or {}).get("device") or info.get("device") or NOT_RECORDED
+            # The device is part of the key: timings of two machines never share a row.
+            key = (info["model"], info["steps"], info["batch"], device)
+            row = rows.setdefault(key, {"model": key[0], "steps": key[1], "batch": key[2], "device": device,
+                                        "flops_per_image": info["flops_per_image"], "memory_mib": {},
+                                        "records": []})
             row[name] = bench["stats"]["mean"]
             if "peak_memory_mib" in info:
                 row["memory_mib"][name] = info["peak_memory_mib"]
+            if record:
+                row["records"].append(record)
     if not rows:
         raise ValueError(f"{', '.join(map(str, paths))} hold no results of bench/test_bench_purify.py")
     return [rows[k] for k in sorted(rows)]
@@ -38,16 +49,29 @@ def _memory(row: dict, name: str) -> str:
     return f"{mib / 1024:.2f} GiB" if mib is not None else "—"
 
 
+def provenance_lines(rows: list[dict]) -> list[str]:
+    """One footer per (commit, device) the rows were measured at, with the latest date."""
+    latest: dict[tuple, dict] = {}
+    for record in (rec for r in rows for rec in r["records"]):
+        key = (record.get("commit"), record.get("dirty"), record.get("device"), record.get("processes"))
+        if key not in latest or str(record.get("finished", "")) > str(latest[key].get("finished", "")):
+            latest[key] = record
+    if not latest:
+        return [f"Provenance {NOT_RECORDED} (benchmark files written before the record existed)."]
+    return [f"Provenance: {footer(record)}." for record in latest.values()]
+
+
 def markdown(rows: list[dict], peak_tflops: float | None = None) -> str:
-    """The side-by-side table, then the ablation of the engine's levers when variants were run."""
-    head = ("| model | K | batch | engine latency | engine images/s | published latency | published images/s "
-            "| speed-up | engine TFLOP/s |" + (" fraction of peak |" if peak_tflops else "")
+    """The side-by-side table, then the ablation of the engine's levers when variants were run,
+    then where the numbers were measured."""
+    head = ("| model | device | K | batch | engine latency | engine images/s | published latency "
+            "| published images/s | speed-up | engine TFLOP/s |" + (" fraction of peak |" if peak_tflops else "")
             + " engine / published peak memory |")
-    lines = [f"Device: {rows[0]['device']}", "", head, "|" + " --- |" * (11 if peak_tflops else 10)]
+    lines = [head, "|" + " --- |" * (12 if peak_tflops else 11)]
     for r in rows:
         engine, published = r.get("engine"), r.get("published")
         tflops = r["flops_per_image"] * r["batch"] / engine / 1e12 if engine else None
-        cells = [r["model"], str(r["steps"]), str(r["batch"]),
+        cells = [r["model"], r["device"], str(r["steps"]), str(r["batch"]),
                  f"{1000 * engine:.1f} ms" if engine else "—", _rate(r, engine),
                  f"{1000 * published:.1f} ms" if published else "—", _rate(r, published),
                  f"{published / engine:.2f}x" if engine and published else "—",
@@ -59,9 +83,9 @@ def markdown(rows: list[dict], peak_tflops: float | None = None) -> str:
     variants = sorted({k[len(VARIANT):] for r in rows for k in r if k.startswith(VARIANT)})
     if variants:
         lines += ["", "Ablation (images/s; precision, layout, loop):", "",
-                  "| model | K | batch | " + " | ".join(variants) + " | published |",
-                  "|" + " --- |" * (len(variants) + 4)]
+                  "| model | device | K | batch | " + " | ".join(variants) + " | published |",
+                  "|" + " --- |" * (len(variants) + 5)]
         for r in rows:
             cells = [_rate(r, r.get(VARIANT + v)) for v in variants] + [_rate(r, r.get("published"))]
-            lines.append(f"| {r['model']} | {r['steps']} | {r['batch']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            lines.append(f"| {r['model']} | {r['device']} | {r['steps']} | {r['batch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", *provenance_lines(rows)])

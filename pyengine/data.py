@@ -5,9 +5,14 @@ Sources (detected from the path):
   unpickler that only admits numpy arrays, so a tampered file cannot run code);
 - an image folder ``<root>/<split>/<class>/*.jpg|png`` (or ``<root>/<class>/...``);
 - a zip of such a folder, e.g. ``../shared/data/cifar10/test.zip``.
+- a cache file ``cifar10-<digest>.pt`` of both splits, decoded once (:mod:`pyengine.data_cache`).
 
 Every loader returns :class:`ImageSet`: ``images`` uint8 [N, 3, 32, 32] and ``labels``
 int64 [N] in CIFAR-10 class order; :meth:`ImageSet.batches` yields float tensors in [0, 1].
+
+Image files decode to 8-bit RGB (:func:`to_rgb`, also used by ``pyengine purify``): 16-bit
+grayscale is scaled to 8 bits, transparent pixels are composited over white. A zip member
+larger than ``MAX_MEMBER_BYTES`` uncompressed is refused before it is read.
 """
 from __future__ import annotations
 
@@ -56,6 +61,11 @@ class ImageSet:
         """All images as float32 in [0, 1]."""
         return self.images.float().div_(255)
 
+    def to(self, device: str | torch.device) -> "ImageSet":
+        """The same set on ``device``: batches are then gathered, converted and augmented
+        there (CIFAR-10's 150 MB of uint8 fit any GPU), with no host-to-device copy per batch."""
+        return ImageSet(self.images.to(device), self.labels.to(device))
+
     def batches(self, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)`` with x float32 [B, 3, H, W] in [0, 1]."""
@@ -83,6 +93,10 @@ def load_cifar10(path: str | Path, split: str = "test", *, limit: int | None = N
     if not path.exists():
         raise DataError(f"CIFAR-10 source not found: {path}")
     if path.is_file():
+        from .data_cache import is_cache_file, load_cache
+
+        if is_cache_file(path):  # decoded once by pyengine.data_cache.build_cache
+            return load_cache(path, split).subset(limit)
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path} is a file but not a zip archive")
         return _load_zip(path, split, limit)
@@ -165,11 +179,55 @@ def _class_index(class_name: str, where: str) -> int:
         ) from None
 
 
+# Pillow's modes for 16-bit grayscale PNGs (older Pillow opens them as 32-bit "I").
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# A zip member larger than this is refused before it is read: images are kilobytes to a few
+# megabytes, and a crafted member can inflate a tiny zip to gigabytes.
+MAX_MEMBER_BYTES = 64 << 20
+
+
+def read_member(zf: zipfile.ZipFile, name: str, where: str) -> bytes:
+    """The bytes of zip member ``name``, at most MAX_MEMBER_BYTES (the declared size is checked
+    first and the read is bounded, so a member that lies about its size is refused too)."""
+    size = zf.getinfo(name).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise DataError(f"{where} is {size} bytes uncompressed, larger than the {MAX_MEMBER_BYTES} bytes "
+                        "allowed for one image; refusing to read it")
+    with zf.open(name) as member:
+        raw = member.read(MAX_MEMBER_BYTES + 1)
+    if len(raw) > MAX_MEMBER_BYTES:
+        raise DataError(f"{where} inflates beyond the {MAX_MEMBER_BYTES} bytes allowed for one image")
+    return raw
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] of a decoded image.
+
+    16-bit grayscale is scaled to 8 bits (v * 255 / 65535, rounded) instead of Pillow's
+    clipping, which turns it white. Transparency (an alpha channel, or a palette or
+    grayscale ``tRNS`` entry) is composited over white, as image viewers show it, instead of
+    being dropped, which shows whatever colour the transparent pixels happen to store.
+    """
+    if im.mode in _WIDE_GRAY:
+        wide = np.asarray(im).astype(np.int64)
+        gray = ((wide.clip(0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        transparent = im.info.get("transparency")
+        if isinstance(transparent, int):
+            gray[wide == transparent] = 255
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+                          .convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
 def _decode(raw: bytes, where: str) -> np.ndarray:
+    """uint8 [3, H, W] of an encoded image (see :func:`to_rgb` for 16-bit and transparent ones)."""
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            arr = to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"corrupt image file {where}: {err}") from err
     return arr.transpose(2, 0, 1)
 
@@ -213,7 +271,8 @@ def _load_zip(archive: Path, split: str, limit: int | None) -> ImageSet:
                 members = [m for m, p in zip(members, parts) if len(p) >= 3 and p[-3] == split]
             labels = [_class_index(m.split("/")[-2] if "/" in m else "", f"{archive}:{m}") for m in members]
             keep = _take(labels, limit)
-            decoded = [_decode(zf.read(members[i]), f"{archive}:{members[i]}") for i in keep]
+            decoded = [_decode(read_member(zf, members[i], f"{archive}:{members[i]}"), f"{archive}:{members[i]}")
+                       for i in keep]
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise DataError(f"corrupt zip archive {archive}: {err}") from err
     return _stack(decoded, [labels[i] for i in keep], archive, found=len(members))

@@ -17,6 +17,20 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 STANDARD_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny.safetensors"
 # FGSM-RS training: the more robust defended system (docs/RESULTS.md), so the default.
 DEFAULT_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny_fgsm.safetensors"
+# airbench94, standard training on 2 CPU cores (90.4 % clean): the real model a CPU-only user
+# can defend (docs/RESULTS.md, "A real model on the CPU").
+AIRBENCH_CHECKPOINT = CHECKPOINTS / "cifar10_airbench94.safetensors"
+# PreAct-ResNet-18, FGSM-RS, trained by the GPU run (python -m pyengine.gpu_pipeline), once committed.
+GPU_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet18_fgsm.safetensors"
+
+
+def default_checkpoint(cuda: bool | None = None) -> Path:
+    """The demo's checkpoint: the GPU-trained PreAct-ResNet-18 where CUDA can run it and the
+    file is shipped, else the tiny FGSM-RS one (K = 40 on PreAct-ResNet-18 takes minutes per
+    100 images on 2 CPU cores). ``cuda``: default ``torch.cuda.is_available()``."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    return GPU_CHECKPOINT if cuda and GPU_CHECKPOINT.is_file() else DEFAULT_CHECKPOINT
 
 
 @dataclass

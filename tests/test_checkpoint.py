@@ -188,3 +188,51 @@ def test_save_needs_a_registered_model(tmp_path):
     with pytest.raises(CheckpointError, match="create_model"):
         save_checkpoint(tmp_path / "x.safetensors", HookedFeatures(nn.Sequential(nn.Flatten()), "0"))
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# ---- fp16 publishing --------------------------------------------------------------------
+
+def test_an_fp16_copy_loads_back_as_fp32_with_its_manifest(saved, tmp_path):
+    from pyengine.models.checkpoint import convert_checkpoint
+    from pyengine.purify import Purifier
+
+    model, head = _trained_like()
+    src = tmp_path / "fp32.safetensors"
+    bank = torch.randn(32, head.out_features)
+    save_checkpoint(src, model, head=head, aux={"contrastive_bank": bank}, training={"command": COMMAND})
+    half = convert_checkpoint(src, tmp_path / "fp16.safetensors", published_by="the pipeline")
+    stored = load_file(str(half))
+    assert stored["classifier.conv1.weight"].dtype == torch.float16
+    assert stored["aux.contrastive_bank"].dtype == torch.float16
+    counters = [k for k, v in load_file(str(src)).items() if v.dtype == torch.int64]
+    assert counters and all(stored[k].dtype == torch.int64 for k in counters)  # BN counters untouched
+    assert half.stat().st_size < 0.6 * src.stat().st_size
+    manifest = read_manifest(half)
+    assert manifest["stored_dtype"] == "float16" and manifest["published_by"] == "the pipeline"
+    assert manifest["training"]["command"] == COMMAND  # the commands that made it travel along
+
+    ckpt = load_checkpoint(half)
+    for name, tensor in [*ckpt.classifier.state_dict().items(), *ckpt.head.state_dict().items()]:
+        assert not tensor.is_floating_point() or tensor.dtype == torch.float32, name
+    assert ckpt.aux["contrastive_bank"].dtype == torch.float32
+    assert torch.equal(ckpt.classifier.conv1.weight, model.conv1.weight.half().float())
+    assert torch.equal(ckpt.aux["contrastive_bank"], bank.half().float())
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ckpt.classifier(x), model(x), atol=1e-2)
+    purifier = Purifier.from_checkpoint(half, steps=2)
+    assert purifier.purify(x, generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+
+
+def test_values_beyond_fp16_are_refused_naming_the_tensor(tmp_path):
+    from pyengine.models.checkpoint import convert_checkpoint
+
+    model, _ = _trained_like()
+    with torch.no_grad():
+        model.fc.bias[0] = 1e6
+    save_checkpoint(tmp_path / "big.safetensors", model)
+    with pytest.raises(CheckpointError, match="classifier.fc.bias"):
+        convert_checkpoint(tmp_path / "big.safetensors", tmp_path / "half.safetensors")
+    assert not (tmp_path / "half.safetensors").exists()
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        convert_checkpoint(tmp_path / "big.safetensors", tmp_path / "half.safetensors", dtype="int8")

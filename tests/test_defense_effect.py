@@ -8,7 +8,7 @@ import torch
 from pyengine import Purifier
 from pyengine.attacks import PGD
 from pyengine.data import load_cifar10
-from pyengine.demo import CHECKPOINTS, DEFAULT_CHECKPOINT, STANDARD_CHECKPOINT
+from pyengine.demo import AIRBENCH_CHECKPOINT, CHECKPOINTS, DEFAULT_CHECKPOINT, STANDARD_CHECKPOINT
 from pyengine.loading import load_purifier
 from pyengine.random import CounterRandom
 from pyengine.soap import MinAuxPurifier
@@ -31,11 +31,21 @@ def test_shipped_soap_checkpoint_loads_min_aux(name, task):
     assert "train-classifier" in purifier.manifest["training"]["command"]
 
 
-@pytest.mark.parametrize("checkpoint", [STANDARD_CHECKPOINT, DEFAULT_CHECKPOINT], ids=lambda p: p.stem)
+@pytest.mark.parametrize("checkpoint", [STANDARD_CHECKPOINT, DEFAULT_CHECKPOINT, AIRBENCH_CHECKPOINT],
+                         ids=lambda p: p.stem)
 def test_shipped_checkpoint_loads_with_head_and_bank(checkpoint):
     purifier = Purifier.from_checkpoint(checkpoint)
     assert purifier.objective.bank is not None and purifier.objective.bank.shape[1] == purifier.objective.head.out_features
     assert "train-head" in purifier.manifest["head_training"]["command"]
+
+
+def test_shipped_airbench_classifier_is_the_trained_one(batch):
+    x, y = batch
+    purifier = Purifier.from_checkpoint(AIRBENCH_CHECKPOINT)
+    assert purifier.manifest["metrics"]["test_accuracy"] > 0.9
+    with torch.no_grad():
+        accuracy = (purifier.classifier(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.8  # 90.4 % on all 10,000: a random or half-trained network fails this
 
 
 def test_attack_raises_contrastive_loss_and_purification_lowers_it(batch):

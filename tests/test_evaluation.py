@@ -37,7 +37,7 @@ def run(purifier, data, config, out, units=None):
     evaluation = Evaluation(purifier, data, config, out, lambda spec: StaticPGD(purifier.classifier, config.eps),
                             progress=False)
     evaluation.run(units if units is not None else plan_units(config, len(data)))
-    return load_records(out, config)
+    return load_records(out, evaluation.config)  # the config keyed by the data's and weights' contents
 
 
 def test_units_cover_every_image_once_across_shards():

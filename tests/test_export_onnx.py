@@ -226,7 +226,7 @@ def test_cli_export_onnx_from_a_checkpoint(traced, tmp_path, monkeypatch, capsys
     assert "wrote" in capsys.readouterr().out
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["steps"] == 3 and meta["source"]["checkpoint"].endswith("tiny.safetensors")
-    purifier = Purifier.from_checkpoint(ckpt, steps=3)
+    purifier = Purifier.from_checkpoint(ckpt, steps=3, image_size=None)  # exported at SIZE, not the model's 32
     x = images(4)
     expected = purifier.purify(x, generator=torch.Generator().manual_seed(8))
     g = torch.Generator().manual_seed(8)
@@ -344,7 +344,7 @@ def test_cli_export_onnx_from_a_soap_checkpoint(soap_traced, min_aux_traced, tmp
           "--one-step", "--out", str(out), *common])
     assert "one step" in capsys.readouterr().out
     x = images(4)
-    expected = load_soap_purifier(rotation, "fixed", eps=SOAP_EPS, steps=SOAP_T).purify(x)
+    expected = load_soap_purifier(rotation, "fixed", eps=SOAP_EPS, steps=SOAP_T, image_size=None).purify(x)
     got = OnnxPurifier(out, steps=SOAP_T).purify(x.numpy())
     assert np.abs(got.images - expected.numpy()).max() <= 1e-4
     out = tmp_path / "con.onnx"

@@ -215,3 +215,18 @@ def test_hooked_concurrent_threads_keep_their_own_features():
     with torch.no_grad():
         for i, x in enumerate(inputs):
             assert torch.allclose(results[i], model.bn1(model.conv1(x)).mean(dim=(2, 3)), atol=1e-6)
+
+
+def test_airbench_stem_whitens_the_patches_it_was_initialised_on():
+    torch.manual_seed(0)
+    model = create_model("airbench94")
+    images = torch.rand(64, 3, 32, 32) ** 2  # skewed pixels: a non-trivial covariance
+    images[:, 1] = 0.5 * images[:, 0] + 0.5 * images[:, 1]  # correlated channels
+    model.init_from_data(images)
+    half = model.whiten_weight.shape[0] // 2
+    assert torch.equal(model.whiten_weight[half:], -model.whiten_weight[:half])
+    out = F.conv2d(model.normalize(images), model.whiten_weight[:half])
+    flat = out.permute(0, 2, 3, 1).reshape(-1, half)
+    covariance = flat.T @ flat / len(flat)
+    torch.testing.assert_close(covariance, torch.eye(half), atol=2e-2, rtol=0)
+    assert not model.whiten_weight.requires_grad and "whiten_weight" in model.state_dict()

@@ -15,6 +15,8 @@ adaptive (on the defense; need ``purifier=``)
     ``apgd-eot[E]`` = ``bpda-eot[E]-apgd`` (AutoAttack's randomized version), also
     ``S-apgd-eot[E]``; ``transfer-X``: static spec ``X`` evaluated on the defense.
 
+Counts are bounded: ``N`` in [1, MAX_STEPS], ``E`` in [1, MAX_EOT], ``L`` finite.
+
 Budgets: the L-inf specs use ``eps``, or ``norm="l2"`` makes them L2; ``pgdl2``, ``cwl2``
 and ``deepfool`` are L2 and use ``eps`` when ``norm="l2"``, else ``eps_l2``. Steps are
 eps/4 (the papers' 2/255 at 8/255) unless ``step_size`` is given. APGD runs 100 steps.
@@ -22,6 +24,7 @@ eps/4 (the papers' 2/255 at 8/255) unless ``step_size`` is given. APGD runs 100 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Sequence
 
@@ -47,6 +50,10 @@ _AWARE = re.compile(r"^aware-(?P<base>.+)@(?P<lam>[^@]+)$")
 _SURROGATE = re.compile(r"^(?P<sur>bpda-iterates|bpda|unrolled)(?:-(?P<eot>eot)(?P<count>\d*))?-(?P<base>.+)$")
 _APGD = re.compile(r"^apgd(?:-(?P<eot>eot)(?P<count>\d*))?$")
 _CWL2 = re.compile(r"^cwl2(?:-(?P<steps>\d+))?$")
+# Beyond these a run would not finish (the papers use at most 1,000 steps and 20 EOT draws);
+# a typo such as pgd99999999999 must be refused, not run until killed.
+MAX_STEPS = 10_000
+MAX_EOT = 1_000
 
 
 def list_attacks() -> list[str]:
@@ -76,9 +83,9 @@ def _unknown(spec: str, why: str = "") -> ValueError:
 
 
 def _positive(text: str, spec: str, what: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"attack spec {spec!r}: {what} must be >= 1, got {value}")
+    value, high = int(text), MAX_EOT if what == "EOT count" else MAX_STEPS
+    if not 1 <= value <= high:
+        raise ValueError(f"attack spec {spec!r}: {what} must be >= 1 and <= {high}, got {value}")
     return value
 
 
@@ -124,6 +131,8 @@ def build_attack(spec: str, *, classifier: nn.Module | None = None, purifier: nn
             lam = float(aware["lam"])
         except ValueError:
             raise ValueError(f"attack spec {spec!r}: lambda must be a number, got {aware['lam']!r}") from None
+        if not math.isfinite(lam):
+            raise ValueError(f"attack spec {spec!r}: lambda must be a finite number, got {aware['lam']!r}")
         parts = _GRADIENT.match(aware["base"])
         if parts is None or parts["fgsm"]:
             raise _unknown(name, " (aware- takes pgd<N>, cw<N>, bim<N> or pgdl2-<N>)")

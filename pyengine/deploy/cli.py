@@ -7,35 +7,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..flags import check_output_file
 
 CONTRASTIVE_STEPS = 10  # the export's default K for a contrastive checkpoint (SOAP's T is 5)
 
 
 def _load_purifier(args):
     """The contrastive Purifier, or for a checkpoint with an ``aux_task`` SOAP's min-aux purifier
-    (a fixed-radius one with ``--soap-eps``)."""
+    (a fixed-radius one with ``--soap-eps``), from the factory every command uses."""
+    from ..loading import load_purifier
     from ..models.checkpoint import read_manifest
 
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    steps = {} if args.steps is None else {"steps": args.steps}
-    if read_manifest(args.checkpoint).get("aux_task"):
-        from ..soap import load_soap_purifier
-
-        if args.eps_v is not None:
-            raise ValueError("--eps-v sets the contrastive purifier's radius; this is a SOAP checkpoint: "
-                             "pass --soap-eps for a fixed radius (default: min-aux selection)")
-        if args.soap_eps is None:
-            return load_soap_purifier(args.checkpoint, "min-aux", **steps)
-        return load_soap_purifier(args.checkpoint, "fixed", eps=args.soap_eps, **steps)
-    from ..purify import Purifier
-
-    if args.soap_eps is not None:
-        raise ValueError("--soap-eps applies to SOAP checkpoints (manifest 'aux_task'); this one is contrastive: "
-                         "use --eps-v")
-    kwargs = {} if args.eps_v is None else {"eps": args.eps_v}
-    return Purifier.from_checkpoint(args.checkpoint, steps=CONTRASTIVE_STEPS if args.steps is None else args.steps,
-                                    **kwargs)
+    steps = args.steps
+    if steps is None and not read_manifest(args.checkpoint).get("aux_task"):
+        steps = CONTRASTIVE_STEPS
+    return load_purifier(args.checkpoint, steps=steps, eps_v=args.eps_v, soap_eps=args.soap_eps)
 
 
 def _cmd_onnx(args) -> int:
@@ -43,6 +29,7 @@ def _cmd_onnx(args) -> int:
     from .onnx_export import export_onnx, min_aux_radii, sidecar_path
     from .trt_compat import check_model
 
+    check_output_file(args.out)
     purifier = _load_purifier(args)
     if isinstance(purifier, MinAuxPurifier) and args.one_step:
         raise ValueError("SOAP's min-aux selection has no one-step form (it compares every radius after T "
@@ -64,6 +51,7 @@ def _cmd_onnx(args) -> int:
 def _cmd_tensorrt(args) -> int:
     from .tensorrt import build_engine
 
+    check_output_file(args.out)
     plan = build_engine(args.onnx, args.out, fp16=args.fp16, workspace_gib=args.workspace_gib)
     print(f"wrote {plan} ({'fp16 classifier, fp32 purification' if args.fp16 else 'fp32'})")
     return 0
@@ -83,21 +71,24 @@ def _cmd_check(args) -> int:
 
 def register(subparsers) -> None:
     """Add ``export {onnx,tensorrt,check}`` to the main CLI's subparsers."""
+    from ..flags import int_in, number_in
+
     export = subparsers.add_parser("export", help="export the defended classifier to ONNX / TensorRT")
     sub = export.add_subparsers(dest="export_command", required=True)
 
     p = sub.add_parser("onnx", help="purify (K steps with explicit gradients) + classify as one ONNX model")
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=int_in(1, 10_000), default=None,
                    help=f"K: purification steps (default: {CONTRASTIVE_STEPS}; SOAP checkpoints: T = 5)")
-    p.add_argument("--batch", type=int, default=1, help="N, fixed in the graph (default: %(default)s)")
-    p.add_argument("--opset", type=int, default=17, help="13..18; TensorRT 8.5/8.6 read up to 17 (default: %(default)s)")
+    p.add_argument("--batch", type=int_in(1, 4096), default=1, help="N, fixed in the graph (default: %(default)s)")
+    p.add_argument("--opset", type=int_in(13, 18), default=17,
+                   help="13..18; TensorRT 8.5/8.6 read up to 17 (default: %(default)s)")
     p.add_argument("--one-step", action="store_true", help="export one step that the runtime calls K times")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    p.add_argument("--image-size", type=int_in(1, 4096), nargs=2, metavar=("H", "W"), default=None,
                    help="default: the architecture's input size")
-    p.add_argument("--eps-v", type=float, default=None,
-                   help="contrastive purification radius (default: the engine's 16/255)")
-    p.add_argument("--soap-eps", type=float, default=None,
+    p.add_argument("--eps-v", type=number_in(0, 1, open_low=True), default=None,
+                   help="contrastive purification radius, step eps_v / 8 (default: the engine's 16/255)")
+    p.add_argument("--soap-eps", type=number_in(0, 1, open_low=True), default=None,
                    help="SOAP checkpoints: purify at this fixed radius (needed for --one-step); default: "
                         "min-aux selection over radii e * 4/255, e = 0..10, in one unrolled graph")
     p.add_argument("--out", type=Path, required=True)
@@ -108,7 +99,7 @@ def register(subparsers) -> None:
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="fp16 classifier; the purification stays fp32")
     precision.add_argument("--fp32", action="store_true", help="everything fp32 (default)")
-    p.add_argument("--workspace-gib", type=float, default=2.0)
+    p.add_argument("--workspace-gib", type=number_in(0, 1024, open_low=True), default=2.0)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=run)
 
@@ -120,17 +111,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> None:
-    """Dispatch ``export`` subcommands; expected failures print one line to stderr and exit non-zero."""
+    """Dispatch ``export`` subcommands under the CLI's error policy (:mod:`pyengine.errors`):
+    a user error is one line and exit status 2; TensorRT missing is exit status 3."""
+    from ..errors import USER_ERRORS, report
     from .tensorrt import TensorRTUnavailable
 
+    command = f"export {args.export_command}"
     try:
         code = _DISPATCH[args.export_command](args)
     except TensorRTUnavailable as err:
-        print(f"pyengine export {args.export_command}: {err}", file=sys.stderr)
+        print(f"pyengine {command}: {err}", file=sys.stderr)
         code = 3
-    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
-        print(f"pyengine export {args.export_command}: error: {err}", file=sys.stderr)
-        code = 2
+    except (*USER_ERRORS, NotImplementedError) as err:  # NotImplementedError: a form the export lacks
+        code = report(command, err)
     if code:
         raise SystemExit(code)
 

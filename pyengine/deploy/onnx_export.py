@@ -226,6 +226,9 @@ def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: in
         unrolled: K steps in one graph (True) or one step the runtime calls K times.
         image_size: (H, W); default: the architecture's input size (32x32 for CIFAR models).
     """
+    if sidecar_path(path) == Path(path):
+        raise ValueError(f"path {path}: the model's JSON sidecar takes that name and would overwrite the model; "
+                         "name the model *.onnx")
     traced = purifier if isinstance(purifier, TracedPurifier) else None
     engine = traced.purifier if traced else purifier
     steps = engine.steps if steps is None else steps

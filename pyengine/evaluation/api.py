@@ -8,6 +8,7 @@ import torch
 
 from ..data import ImageSet
 from ..distributed import barrier
+from ..provenance import provenance, utc_now
 from ..random import CounterRandom
 from . import figures
 from .report import summarize, write_report
@@ -31,33 +32,41 @@ def evaluate(purifier, data: ImageSet, config: EvalConfig, out: str | Path, *, r
     """Run (this rank's share of) the evaluation; rank 0 then merges every rank's units and
     writes the report and figures. Returns the summary on rank 0, None elsewhere.
     """
-    out = Path(out)
+    out, started = Path(out), utc_now()
     if not config.purifier:
         config = replace(config, purifier=f"{type(purifier).__name__}({purifier.extra_repr()})")
     run = Evaluation(purifier, data, config, out, default_attack_factory(purifier, config), progress and rank == 0)
+    for spec in config.attacks:  # a bad spec (unknown, or pgd99999999999) fails before any unit runs
+        run.attack(spec)
     units = plan_units(config, len(data))
     run.run(shard(units, rank, world_size))
     barrier()
     if rank != 0:
         return None
-    return finish(run, units, figure_images=figure_images, manifest=manifest)
+    return finish(run, units, figure_images=figure_images, manifest=manifest, started=started)
 
 
-def finish(run: Evaluation, units, *, figure_images: int = 0, manifest: dict | None = None) -> dict:
+def finish(run: Evaluation, units, *, figure_images: int = 0, manifest: dict | None = None,
+           started: str | None = None) -> dict:
     missing = [u.filename for u in run.missing(units)]
     if missing:
         raise RuntimeError(f"evaluation incomplete, missing units: {missing[:5]} (+{max(0, len(missing) - 5)})")
     records = load_records(run.out, run.config)
     summary = summarize(records, run.config, manifest)
+    # The images evaluated (the first n), by content: the record names no path.
+    summary["provenance"] = provenance(data=run.data.subset(run.config.n), started=started,
+                                       device=next(run.purifier.classifier.parameters()).device)
     write_report(run.out, summary)
     if figure_images:
-        summary["figures"] = [str(p) for p in make_figures(run, records, figure_images)]
+        summary["figures"] = [str(p) for p in make_figures(run, records, figure_images, summary["provenance"])]
     return summary
 
 
-def make_figures(run: Evaluation, records: dict, n: int) -> list[Path]:
-    """Figs. 2, 4, 5, 6, 7, 8 on the first ``n`` images (Fig. 2 uses every evaluated image)."""
+def make_figures(run: Evaluation, records: dict, n: int, record: dict | None = None) -> list[Path]:
+    """Figs. 2, 4, 5, 6, 7, 8 on the first ``n`` images (Fig. 2 uses every evaluated image);
+    each figure's footer names ``record``'s commit, device and date."""
     from ..attacks import build_attack
+    from ..soap import MinAuxPurifier
 
     config, purifier = run.config, run.purifier
     fig_dir = run.out / "figures"
@@ -69,14 +78,18 @@ def make_figures(run: Evaluation, records: dict, n: int) -> list[Path]:
     static = [a for a in config.attacks if a in records and not records[a][0]["adaptive"]]
     paths = []
     if static:
-        paths.append(figures.loss_histograms(records, static[0], fig_dir))
-    paths.append(figures.accuracy_vs_steps(purifier, x, y, x_adv, fig_dir, seed=config.seed))
-    paths.append(figures.robustness_vs_eps(purifier, x, y, pgd, FIGURE_EPS, fig_dir, seed=config.seed))
-    paths.append(figures.tradeoff_eps_v(purifier, x, y, x_adv, FIGURE_EPS_V, fig_dir, seed=config.seed))
-    paths.append(figures.pca_trajectories(purifier, x, x_adv, fig_dir, seed=config.seed))
+        loss_name = "L_aux" if isinstance(purifier, MinAuxPurifier) else "L_s"
+        paths.append(figures.loss_histograms(records, static[0], fig_dir, loss_name=loss_name, record=record))
+    paths.append(figures.accuracy_vs_steps(purifier, x, y, x_adv, fig_dir, seed=config.seed, record=record))
+    paths.append(figures.robustness_vs_eps(purifier, x, y, pgd, FIGURE_EPS, fig_dir, seed=config.seed,
+                                           record=record))
+    paths.append(figures.tradeoff_eps_v(purifier, x, y, x_adv, FIGURE_EPS_V, fig_dir, seed=config.seed,
+                                        record=record))
+    paths.append(figures.pca_trajectories(purifier, x, x_adv, fig_dir, seed=config.seed, record=record))
     aware = lambda lam: build_attack(f"aware-pgd10@{lam:g}", classifier=purifier.classifier,  # noqa: E731
                                      purifier=purifier, eps=config.eps, norm=config.norm, seed=config.seed)
-    paths.append(figures.lambda_tradeoff(purifier, x, y, aware, FIGURE_LAMBDAS, fig_dir, seed=config.seed))
+    paths.append(figures.lambda_tradeoff(purifier, x, y, aware, FIGURE_LAMBDAS, fig_dir, seed=config.seed,
+                                         record=record))
     return paths
 
 

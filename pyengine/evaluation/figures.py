@@ -2,7 +2,10 @@
 
 Each function measures what it plots on a small batch ``x, y`` with the given purifier and
 writes one PNG plus the plotted numbers as JSON beside it, so a figure can be checked
-without reading pixels. Randomness is counter-based with ``seed``.
+without reading pixels. Randomness is counter-based with ``seed``. Titles state what is
+plotted, never what a paper claims the plot shows. Each figure carries a footer (commit,
+device, date) from ``record`` (:func:`pyengine.provenance.provenance`; made when not given),
+which its JSON also holds.
 """
 from __future__ import annotations
 
@@ -17,18 +20,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..provenance import footer, provenance  # noqa: E402
 from ..random import CounterRandom  # noqa: E402
 
 AttackAt = Callable[[float], object]  # eps -> attack with perturb(x, y, generator=...)
 
 
-def _save(fig, out: Path, name: str, data: dict) -> Path:
+def _save(fig, out: Path, name: str, data: dict, record: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
-    fig.tight_layout()
+    record = record or provenance()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the footer
+    fig.text(0.01, 0.01, footer(record), fontsize=6, color="0.35", ha="left", va="bottom")
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (out / f"{name}.json").write_text(json.dumps({**data, "provenance": record}, indent=2))
     return path
 
 
@@ -51,7 +57,7 @@ def _attack_sweep(purifier, x, y, attacks: list, seed: int) -> dict[str, list[fl
     return data
 
 
-def _plot_sweep(xs: list[float], data: dict, xlabel: str, out: Path, name: str) -> Path:
+def _plot_sweep(xs: list[float], data: dict, xlabel: str, out: Path, name: str, record: dict | None) -> Path:
     """Robust accuracy, Standard vs Purified, along one swept setting."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for key, label in (("standard", "Standard"), ("purified", "Purified")):
@@ -59,7 +65,7 @@ def _plot_sweep(xs: list[float], data: dict, xlabel: str, out: Path, name: str) 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("robust accuracy (%)")
     ax.legend()
-    return _save(fig, out, name, data)
+    return _save(fig, out, name, data, record)
 
 
 def _with(purifier, **changes):
@@ -72,22 +78,28 @@ def _with(purifier, **changes):
     return clone
 
 
-def loss_histograms(records: dict[str, list[dict]], attack: str, out: Path) -> Path:
-    """Fig. 2: L_s of clean, attacked and purified-attacked images."""
+def loss_histograms(records: dict[str, list[dict]], attack: str, out: Path, *, loss_name: str = "L_s",
+                    record: dict | None = None) -> Path:
+    """Fig. 2: the purifier's loss (``loss_name``: L_s, or SOAP's L_aux) of clean, attacked
+    and purified-attacked images. The title quotes the measured means: whether attacks raise
+    the loss and purification lowers it is for the data to show."""
     clean = [r["loss"] for r in records["clean"]]
     attacked = [r["loss"] for r in records[attack]]
     purified = [r["loss_purified"] for r in records[attack]]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for values, label in ((clean, "clean"), (attacked, f"attacked ({attack})"), (purified, "attacked, purified")):
         ax.hist(values, bins=30, alpha=0.55, label=label)
-    ax.set_xlabel("contrastive loss L_s")
+    ax.set_xlabel(f"loss {loss_name} per image")
     ax.set_ylabel("images")
     ax.legend()
-    ax.set_title("Attacks raise L_s; purification lowers it")
-    return _save(fig, out, "fig2_loss_histograms", {"clean": clean, "attacked": attacked, "purified": purified})
+    mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
+    ax.set_title(f"{loss_name} per image, mean: clean {mean(clean):.3f}, attacked {mean(attacked):.3f}, "
+                 f"purified {mean(purified):.3f}", fontsize=9)
+    return _save(fig, out, "fig2_loss_histograms", {"clean": clean, "attacked": attacked, "purified": purified},
+                 record)
 
 
-def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0) -> Path:
+def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0, record: dict | None = None) -> Path:
     """Fig. 5: accuracy of the iterates x_k of purification, clean and attacked inputs."""
     curves = {}
     for name, inputs in (("clean", x), ("attacked", x_adv)):
@@ -101,17 +113,19 @@ def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0) -> Pat
     ax.set_xlabel("purification step k")
     ax.set_ylabel("accuracy (%)")
     ax.legend()
-    return _save(fig, out, "fig5_accuracy_vs_steps", curves)
+    return _save(fig, out, "fig5_accuracy_vs_steps", curves, record)
 
 
 def robustness_vs_eps(purifier, x, y, attack_at: AttackAt, eps_values: list[float], out: Path,
-                      *, seed: int = 0) -> Path:
+                      *, seed: int = 0, record: dict | None = None) -> Path:
     """Fig. 6: robust accuracy vs attack radius, Standard vs Purified (static attack)."""
     data = {"eps": eps_values, **_attack_sweep(purifier, x, y, [attack_at(eps) for eps in eps_values], seed)}
-    return _plot_sweep([255 * e for e in eps_values], data, "attack eps (x/255)", out, "fig6_robustness_vs_eps")
+    return _plot_sweep([255 * e for e in eps_values], data, "attack eps (x/255)", out, "fig6_robustness_vs_eps",
+                       record)
 
 
-def tradeoff_eps_v(purifier, x, y, x_adv, eps_v_values: list[float], out: Path, *, seed: int = 0) -> Path:
+def tradeoff_eps_v(purifier, x, y, x_adv, eps_v_values: list[float], out: Path, *, seed: int = 0,
+                   record: dict | None = None) -> Path:
     """Fig. 7: clean vs robust accuracy as eps_v grows, against the random-noise reversal.
 
     The baseline adds uniform noise in the same eps_v ball and does not optimise (K = 0).
@@ -130,7 +144,7 @@ def tradeoff_eps_v(purifier, x, y, x_adv, eps_v_values: list[float], out: Path, 
     ax.set_xlabel("robust accuracy (%)")
     ax.set_ylabel("clean accuracy (%)")
     ax.legend()
-    return _save(fig, out, "fig7_tradeoff_eps_v", data)
+    return _save(fig, out, "fig7_tradeoff_eps_v", data, record)
 
 
 @torch.no_grad()
@@ -138,7 +152,8 @@ def _features(purifier, images) -> torch.Tensor:
     return purifier.classifier.forward_features(images)
 
 
-def pca_trajectories(purifier, x, x_adv, out: Path, *, n_show: int = 6, seed: int = 0) -> Path:
+def pca_trajectories(purifier, x, x_adv, out: Path, *, n_show: int = 6, seed: int = 0,
+                     record: dict | None = None) -> Path:
     """Fig. 8: penultimate features projected by PCA, clean -> attacked -> purification iterates."""
     x, x_adv = x[:n_show], x_adv[:n_show]
     iterates = []
@@ -158,11 +173,11 @@ def pca_trajectories(purifier, x, x_adv, out: Path, *, n_show: int = 6, seed: in
     ax.set_title("clean (*), attacked (x), purification path (line)")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    return _save(fig, out, "fig8_pca_trajectories", data)
+    return _save(fig, out, "fig8_pca_trajectories", data, record)
 
 
 def lambda_tradeoff(purifier, x, y, attack_at_lambda: Callable[[float], object], lambdas: list[float],
-                    out: Path, *, seed: int = 0) -> Path:
+                    out: Path, *, seed: int = 0, record: dict | None = None) -> Path:
     """Fig. 4 / Table 6: defense-aware attacks L_c - lambda * L_s, Standard vs Purified."""
     data = {"lambda": lambdas, **_attack_sweep(purifier, x, y, [attack_at_lambda(lam) for lam in lambdas], seed)}
-    return _plot_sweep(lambdas, data, "lambda_s", out, "fig4_lambda_tradeoff")
+    return _plot_sweep(lambdas, data, "lambda_s", out, "fig4_lambda_tradeoff", record)

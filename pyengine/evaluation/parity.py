@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..attacks import build_attack
 from ..data import ImageSet
 from ..models.checkpoint import read_manifest
+from ..provenance import footer, provenance, record_of, utc_now
 from ..purify import Purifier
 from ..random import CounterRandom
 
@@ -54,7 +55,8 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
     """Accuracies (percent) of the undefended classifier and both paths, clean and under
     ``attack``, the two robust-accuracy gains, their difference and the verdict.
     ``robust_only`` skips purifying the clean images (half the time; the verdict needs only
-    the attacked ones)."""
+    the attacked ones). ``provenance`` holds the record of :mod:`pyengine.provenance`."""
+    started = utc_now()
     device = next(reference.classifier.parameters()).device
     attacker = build_attack(attack, classifier=reference.classifier, eps=eps, seed=seed)
     splits = ("robust",) if robust_only else ("clean", "robust")
@@ -89,9 +91,10 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
     reference_only = int((flags["reference_robust"] & ~flags["fast_robust"]).sum())
     gain_reference = acc["reference_robust"] - acc["standard_robust"]
     gain_fast = acc["fast_robust"] - acc["standard_robust"]
+    record = provenance(data=data, started=started, device=device)
     return {
         "n": len(data), "attack": attack, "eps": eps, "seed": seed, "tolerance_points": tolerance,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": record["device"],  # on a CPU with its ISA flags: bf16 speed depends on them
         "reference_path": REFERENCE_PATH,
         "fast_path": {"precision": fast.precision, "cuda_graph": fast.cuda_graph, "channels_last": fast.channels_last,
                       "compile": fast.compile, "autocast_dtype": str(fast.autocast_dtype(device) or torch.float32)},
@@ -102,6 +105,7 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
         "max_pixel_difference_255": max_difference,
         "purify_seconds": seconds,
         "passed": abs(gain_fast - gain_reference) <= tolerance,
+        "provenance": record,
     }
 
 
@@ -135,4 +139,6 @@ def markdown(report: dict) -> str:
     verdict = "PASS" if report["passed"] else "FAIL"
     lines += ["", f"gain difference {report['gain_difference']:+.2f} points (tolerance ±{report['tolerance_points']}): "
               f"{verdict}"]
+    if record_of(report):
+        lines += ["", f"Provenance: {footer(record_of(report))}."]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..provenance import footer, record_of, relative_path, relative_text
 from .runner import CLEAN, EvalConfig
 
 
@@ -36,9 +37,17 @@ def summarize(records: dict[str, list[dict]], config: EvalConfig, manifest: dict
         }
     static = [a for a in config.attacks if not rows[a]["adaptive"]]
     adaptive = [a for a in config.attacks if rows[a]["adaptive"]]
+    # The digest is of the settings as given; the report shows their paths relative, so that
+    # a result file never names the folders of the machine that made it.
+    shown = {**config.__dict__, "checkpoint": relative_path(config.checkpoint) if config.checkpoint else ""}
+    model = {k: (manifest or {}).get(k) for k in ("architecture", "path", "dataset", "training")}
+    model["path"] = relative_path(model["path"]) if model["path"] else model["path"]
+    model["dataset"] = relative_text(model["dataset"]) if isinstance(model["dataset"], str) else model["dataset"]
+    if isinstance(model["training"], dict) and isinstance(model["training"].get("command"), str):
+        model["training"] = {**model["training"], "command": relative_text(model["training"]["command"])}
     return {
-        "config": {"digest": config.digest(), **config.__dict__},
-        "model": {k: (manifest or {}).get(k) for k in ("architecture", "path", "dataset", "training")},
+        "config": {"digest": config.digest(), **shown},
+        "model": model,
         "images": len(clean),
         "attacks": rows,
         "worst_case": {
@@ -89,6 +98,8 @@ def markdown_table(summary: dict) -> str:
               f"Purification latency: {1000 * summary['seconds_per_image']:.1f} ms per image on this machine."]
     if summary["config"].get("purifier"):
         lines.append(f"Purifier: `{summary['config']['purifier']}`.")
+    if record_of(summary):
+        lines.append(f"Provenance: {footer(record_of(summary))}.")
     return "\n".join(lines)
 
 

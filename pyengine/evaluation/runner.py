@@ -1,9 +1,12 @@
 """``pyengine eval``: static and adaptive attacks on a purified classifier, resumable.
 
 Work is cut into (attack, batch) units. Each unit writes one JSON file of per-image
-records under ``<out>/units/``; a unit whose file exists (with the same config hash) is
-skipped, so a killed run resumes where it stopped, and several processes can share the
-units of one run (``shard``) with rank 0 merging the files into the report.
+records under ``<out>/units/``; a unit whose file parses, carries the config hash and holds
+a record per image is skipped (any other is recomputed), so a killed run resumes where it
+stopped, and several processes can share the units of one run (``shard``) with rank 0
+merging the files into the report. The hash covers the images and labels evaluated and the
+purifier's weights by content (``data_sha256``, ``weights_sha256``), so a rerun into the
+same folder with other data or a replaced checkpoint is refused, naming what changed.
 
 Randomness is counter-based (:class:`~pyengine.random.CounterRandom`): the defender's
 draws for an image come from ``(seed, image index)``, and every attack receives that same
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..random import CounterRandom
-from ..resume import claim, write_atomic
+from ..resume import claim, tensor_digest, weights_digest, write_atomic
 
 CLEAN = "clean"
 
@@ -39,10 +42,12 @@ class EvalConfig:
     n: int = 1000
     batch_size: int = 100
     seed: int = 0
-    checkpoint: str = ""
+    checkpoint: str = ""  # where the weights came from: recorded, not hashed (weights_sha256 is)
     purifier: str = ""  # the purifier's type and settings (``evaluate`` fills it in)
+    data_sha256: str = ""  # the first n images and labels, by content (``Evaluation`` fills it in)
+    weights_sha256: str = ""  # the purifier's parameters and buffers (``Evaluation`` fills it in)
 
-    UNHASHED = ("attacks",)  # see digest
+    UNHASHED = ("attacks", "checkpoint")  # see digest
 
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1:
@@ -52,8 +57,9 @@ class EvalConfig:
 
     def digest(self) -> str:
         """Hash of the settings that decide a unit's numbers, the purifier's included, so a
-        resume never mixes purifier settings. The attack list is not one of them (a unit is
-        one attack's), so adding an attack to a finished run computes only its units. The
+        resume never mixes purifier settings, and the data and weights by content. The
+        attack list is not one of them (a unit is one attack's), so adding an attack to a
+        finished run computes only its units; nor is the checkpoint's path. The
         numbers do not depend on the batch size, but the unit files do, so a resume with
         another batch size is refused rather than mixed."""
         settings = {k: v for k, v in asdict(self).items() if k not in self.UNHASHED}
@@ -104,8 +110,12 @@ class Evaluation:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        (self.out / "units").mkdir(parents=True, exist_ok=True)
+        n = min(self.config.n, len(self.data))
+        # What is evaluated, by content: always computed here, never taken from the caller.
+        self.config = replace(self.config, data_sha256=tensor_digest(self.data.images[:n], self.data.labels[:n]),
+                              weights_sha256=weights_digest(self.purifier))
         claim(self.out, self.config.digest(), asdict(self.config), unhashed=self.config.UNHASHED)
+        (self.out / "units").mkdir(exist_ok=True)
 
     def attack(self, spec: str):
         if spec not in self._attacks:
@@ -113,8 +123,11 @@ class Evaluation:
         return self._attacks[spec]
 
     def missing(self, units: list[Unit]) -> list[Unit]:
-        """The units without a result file (each file is written whole, see run)."""
-        return [u for u in units if not (self.out / "units" / u.filename).exists()]
+        """The units without a valid result file: absent, corrupt, of another configuration
+        or not one record per image (each file is written whole, see run)."""
+        digest = self.config.digest()
+        return [u for u in units
+                if len(_read_unit(self.out / "units" / u.filename, digest) or ()) != u.stop - u.start]
 
     def run(self, units: list[Unit]) -> None:
         bar = tqdm(self.missing(units), desc="eval", disable=not self.progress, unit="batch")
@@ -172,12 +185,23 @@ class Evaluation:
 def load_records(out: Path, config: EvalConfig) -> dict[str, list[dict]]:
     """All finished units' records, per attack, sorted by image index."""
     records: dict[str, list[dict]] = {}
+    digest = config.digest()
     for path in sorted((Path(out) / "units").glob("*.json")):
-        payload = json.loads(path.read_text())
-        if payload["digest"] != config.digest():
+        unit = _read_unit(path, digest)
+        if unit is None:  # another configuration's, or corrupt (``missing`` recomputes planned units)
             continue
         attack = path.name.rsplit("__", 1)[0]
-        records.setdefault(attack, []).extend(payload["records"])
+        records.setdefault(attack, []).extend(unit)
     for rows in records.values():
         rows.sort(key=lambda r: r["index"])
     return records
+
+
+def _read_unit(path: Path, digest: str) -> list[dict] | None:
+    """A unit file's records when it parses and carries ``digest``, else None."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    records = payload.get("records") if isinstance(payload, dict) and payload.get("digest") == digest else None
+    return records if isinstance(records, list) and all(isinstance(r, dict) for r in records) else None

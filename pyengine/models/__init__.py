@@ -1,5 +1,5 @@
 from .registry import create_model, list_models, model_config, register_model, ModelConfig
-from . import preact_resnet, wide_resnet  # noqa: F401  (registers the architectures)
+from . import airbench, preact_resnet, wide_resnet  # noqa: F401  (registers the architectures)
 from .head import ContrastiveHead
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from .features import HookedFeatures

@@ -5,7 +5,8 @@ Tensors are stored under ``classifier.*``, ``head.*`` (the contrastive head G) a
 contrastive objective's bank of negatives). The manifest says how to rebuild
 the modules (architecture, head sizes, normalisation), where the weights came from
 (dataset, training command) and what they scored. Loading parses JSON and raw tensors
-only: no pickle, so a checkpoint cannot run code.
+only: no pickle, so a checkpoint cannot run code. A tensor holding NaN or inf is refused
+when saving and when loading, naming the tensor.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file, safe_open
 from torch import nn
 
 from .head import ContrastiveHead
-from .registry import create_model
+from .registry import create_model, model_config
 
 FORMAT_VERSION = 1
 _MANIFEST_KEY = "pyengine_manifest"
@@ -35,6 +36,20 @@ class Checkpoint:
     head: ContrastiveHead | None
     manifest: dict
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) the classifier takes: the manifest's ``image_size``, else that of a
+        reconstruction head (which decodes images of one size), else the architecture's."""
+        size = self.manifest.get("image_size") or (self.manifest.get("aux_head") or {}).get("image_size")
+        if isinstance(size, int):
+            return size, size
+        if size is not None:
+            return tuple(size)
+        try:
+            return tuple(model_config(self.manifest["architecture"]).input_size[1:])
+        except (KeyError, ValueError):
+            return None
 
     def require_head(self) -> ContrastiveHead:
         if self.head is None:
@@ -69,6 +84,7 @@ def save_checkpoint(path: str | Path, classifier: nn.Module, *, head: Contrastiv
         else:
             tensors.update({f"aux.{aux_name}.{k}": v for k, v in part.state_dict().items()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _check_finite(tensors, f"refusing to save {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata={_MANIFEST_KEY: json.dumps(manifest)})
@@ -106,6 +122,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         tensors = load_file(str(manifest["path"]), device=str(map_location))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"corrupt checkpoint {path}: {err}") from err
+    _check_finite(tensors, f"checkpoint {path}")
+    # Published checkpoints may store fp16 (half the size, see convert_checkpoint); the modules,
+    # the bank and every computation on them stay fp32.
+    tensors = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in tensors.items()}
     head = None
     try:
         norm = manifest["normalization"]
@@ -120,9 +140,19 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     _load_part(classifier, tensors, "classifier.", path)
     if head is not None:
         _load_part(head, tensors, "head.", path)
+    if head is not None and head.in_features != getattr(classifier, "num_features", head.in_features):
+        raise CheckpointError(f"checkpoint {path}: its head takes {head.in_features} features but its classifier "
+                              f"({manifest['architecture']}) gives {classifier.num_features}")
     aux = {k[len("aux."):]: v for k, v in tensors.items() if k.startswith("aux.")}
     return Checkpoint(classifier.to(map_location).eval(),
                       head.to(map_location).eval() if head is not None else None, manifest, aux)
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """CheckpointError naming the first floating-point tensor holding NaN or inf."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{where}: tensor {name} holds NaN or inf (a diverged training run?)")
 
 
 def _existing(path: str | Path) -> Path:
@@ -138,3 +168,30 @@ def _load_part(module: nn.Module, tensors: dict, prefix: str, path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not match its manifest ({prefix}*): {err}") from err
+
+
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype: str = "float16", **manifest) -> Path:
+    """Write ``src``'s tensors to ``dst`` with every fp32 tensor stored as ``dtype`` (integer
+    buffers such as batch-norm counters unchanged) and ``manifest`` entries added to its
+    manifest, e.g. to ship a PreAct-ResNet-18 in 22 MB instead of 45. :func:`load_checkpoint`
+    turns the tensors back into fp32. A value that does not fit ``dtype`` (beyond fp16's
+    65504) raises CheckpointError naming the tensor."""
+    if dtype not in HALF_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(HALF_DTYPES)}, got {dtype!r}")
+    header = {k: v for k, v in read_manifest(src).items() if k != "path"}
+    try:
+        tensors = load_file(str(_existing(src)))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"corrupt checkpoint {src}: {err}") from err
+    tensors = {k: v.to(HALF_DTYPES[dtype]).contiguous() if v.dtype == torch.float32 else v
+               for k, v in tensors.items()}
+    _check_finite(tensors, f"refusing to write {dst} in {dtype}")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(dst.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata={_MANIFEST_KEY: json.dumps({**header, "stored_dtype": dtype, **manifest})})
+    tmp.replace(dst)
+    return dst

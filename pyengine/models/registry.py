@@ -29,6 +29,9 @@ class ModelConfig:
     input_size: tuple[int, int, int] = (3, 32, 32)
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Training settings the architecture was made with (ClassifierTrainConfig fields); the
+    # command line uses them where no flag is given.
+    train_recipe: dict = field(default_factory=dict, compare=False)
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelConfig]] = {}

@@ -15,10 +15,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import NonFiniteError
 from ..ops import contrastive_loss
 from .views import ViewSampler
 
 NEGATIVES = ("bank", "batch")
+
+
+def _check_bank(bank: torch.Tensor, width: int | None) -> None:
+    """A bank of negatives must be a finite Tensor[M, D] with D the head's output width: a NaN
+    bank turns every loss into NaN and purification into a no-op."""
+    if not isinstance(bank, torch.Tensor) or bank.dim() != 2 or bank.shape[0] < 1:
+        raise ValueError(f"bank must be a Tensor[M, D] with M >= 1, got {getattr(bank, 'shape', type(bank).__name__)}")
+    if width is not None and bank.shape[1] != width:
+        raise ValueError(f"bank holds {bank.shape[1]}-dimensional embeddings but the head gives {width}")
+    if not bool(torch.isfinite(bank).all()):
+        raise NonFiniteError("the bank of negatives holds NaN or inf: rebuild it (build_bank) or retrain the head")
 
 
 class ContrastiveObjective(nn.Module):
@@ -56,6 +68,8 @@ class ContrastiveObjective(nn.Module):
         self.temperature, self.negatives = temperature, negatives
         self.channels_last = False
         self._compiled_features = None
+        if bank is not None:
+            _check_bank(bank, getattr(head, "out_features", None))
         self.register_buffer("bank", None if bank is None else bank.detach().float())
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
@@ -77,7 +91,9 @@ class ContrastiveObjective(nn.Module):
                    batch_size: int = 256) -> torch.Tensor:
         """Embed ``views.n_views`` views of each clean image as the fixed negative bank."""
         parts = [self.embed(self.views(chunk, generator=generator)) for chunk in clean.split(batch_size)]
-        self.bank = torch.cat(parts).float()
+        bank = torch.cat(parts).float()
+        _check_bank(bank, getattr(self.head, "out_features", None))
+        self.bank = bank
         return self.bank
 
     def draw(self, x: torch.Tensor, *, generator: torch.Generator | None = None,

@@ -61,7 +61,8 @@ def load_aux_head(ckpt: Checkpoint, task: str) -> nn.Module | None:
 def load_soap_purifier(path: str | Path, method: str = "min-aux", *, aux: str | None = None,
                        map_location="cpu", eps: float = 8 / 255, delta: float = SOAP_DELTA,
                        n_radii: int = SOAP_RADII, steps: int = SOAP_STEPS, step_size: float = SOAP_STEP_SIZE,
-                       norm: str = "linf") -> MinAuxPurifier | Purifier:
+                       norm: str = "linf", image_size: tuple[int, int] | None | str = "checkpoint"
+                       ) -> MinAuxPurifier | Purifier:
     """A SOAP purifier from a checkpoint written by ``train-classifier --aux TASK``.
 
     Args:
@@ -69,6 +70,8 @@ def load_soap_purifier(path: str | Path, method: str = "min-aux", *, aux: str | 
             or ``"fixed"`` (one :class:`~pyengine.purify.Purifier` at radius ``eps``).
         aux: the objective to purify with; default the checkpoint's ``aux_task``.
         steps, step_size, norm: Algorithm 2 (T = 5, gamma = 4/255, L-inf on CIFAR).
+        image_size: (H, W) to accept, None for any; default the checkpoint's
+            (:attr:`~pyengine.models.Checkpoint.image_size`).
 
     The result carries the checkpoint's ``manifest``. Raises CheckpointError naming the
     missing head when the checkpoint lacks the head the objective needs.
@@ -83,10 +86,12 @@ def load_soap_purifier(path: str | Path, method: str = "min-aux", *, aux: str | 
             "train one with `pyengine train-classifier --aux rotation|consistency|reconstruction`, "
             "or pass aux='consistency' to purify a plain classifier with label consistency")
     objective = make_objective(task, ckpt.classifier, load_aux_head(ckpt, task))
+    size = ckpt.image_size if image_size == "checkpoint" else image_size
     if method == "fixed":
-        purifier = soap_purifier(ckpt.classifier, objective, eps=eps, steps=steps, step_size=step_size, norm=norm)
+        purifier = soap_purifier(ckpt.classifier, objective, eps=eps, steps=steps, step_size=step_size, norm=norm,
+                                 image_size=size)
     else:
         purifier = MinAuxPurifier(ckpt.classifier, objective, delta=delta, n_radii=n_radii, steps=steps,
-                                  step_size=step_size, norm=norm)
+                                  step_size=step_size, norm=norm, image_size=size)
     purifier.manifest = ckpt.manifest
     return purifier

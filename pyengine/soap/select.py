@@ -23,13 +23,15 @@ SOAP_RADII = 10
 
 
 def soap_purifier(classifier: nn.Module, objective: nn.Module, *, eps: float, steps: int = SOAP_STEPS,
-                  step_size: float = SOAP_STEP_SIZE, norm: str = "linf") -> Purifier:
-    """Algorithm 2 at one radius: T sign-gradient steps from zero init (no random start).
+                  step_size: float = SOAP_STEP_SIZE, norm: str = "linf",
+                  image_size: tuple[int, int] | None = None) -> Purifier:
+    """Algorithm 2 at one radius: T sign-gradient steps from zero init (no random start);
+    ``image_size`` as :class:`~pyengine.purify.Purifier`'s.
 
     fp32: min-aux compares auxiliary losses across radii, and no parity check has shown
     that reduced precision keeps those comparisons; T = 5 steps leave little to gain anyway.
     """
-    return Purifier(classifier, objective=objective, steps=steps, precision="fp32",
+    return Purifier(classifier, objective=objective, steps=steps, precision="fp32", image_size=image_size,
                     step=ProjectedStep(eps, step_size, norm=norm, random_start=False))
 
 
@@ -66,12 +68,13 @@ class MinAuxPurifier(nn.Module):
     A drop-in for :class:`~pyengine.purify.Purifier` where attacks and the evaluation use
     one: ``purify(x, generator=, return_trace=, on_step=)``, ``loss``, ``forward``,
     ``classifier``, ``objective`` (L_aux, e.g. for the auxiliary-aware attack of Eq. 9),
-    ``step`` (the rule of the largest radius) and ``steps`` (T).
+    ``step`` (the rule of the largest radius) and ``steps`` (T). ``image_size``: (H, W) the
+    classifier was built for, other sizes refused (None: any).
     """
 
     def __init__(self, classifier: nn.Module, objective: nn.Module, *, delta: float = SOAP_DELTA,
                  n_radii: int = SOAP_RADII, steps: int = SOAP_STEPS, step_size: float = SOAP_STEP_SIZE,
-                 norm: str = "linf"):
+                 norm: str = "linf", image_size: tuple[int, int] | None = None):
         super().__init__()
         if not isinstance(n_radii, int) or isinstance(n_radii, bool) or not 1 <= n_radii <= 100:
             raise ValueError(f"n_radii must be an integer in [1, 100], got {n_radii!r}")
@@ -81,8 +84,10 @@ class MinAuxPurifier(nn.Module):
         self.delta, self.n_radii = float(delta), n_radii
         self.radii = tuple(e * self.delta for e in range(n_radii + 1))
         # Plain list, not registered: the purifiers share classifier and objective with self.
-        self._purifiers = [soap_purifier(classifier, objective, eps=r, steps=steps, step_size=step_size, norm=norm)
+        self._purifiers = [soap_purifier(classifier, objective, eps=r, steps=steps, step_size=step_size, norm=norm,
+                                         image_size=image_size)
                            for r in self.radii[1:]]
+        self.image_size = self._purifiers[0].image_size
         self.step, self.steps = self._purifiers[-1].step, steps
         reach = steps * step_size * (1 + 1e-4)
         beyond = [e for e, r in enumerate(self.radii) if r > reach]
