@@ -1,5 +1,8 @@
 """The evaluation runner: report, resume, sharding, figures."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +149,18 @@ def test_results_document_puts_the_papers_numbers_beside_ours_and_names_missing_
     assert f"| pgd50 | static | {100 * summary['attacks']['pgd50']['standard']:.2f} | {ours:.2f} | 52.40 | 54.59 |" in text
     assert "Not run yet (no" in text and text.count("Not run yet") == 7  # 3 settings + 4 adaptive runs
     assert "a test machine" in text and "7 CIFAR-10 test images" in text
+
+
+def test_draw_fig2_redraws_a_figure_from_its_json_and_keeps_its_provenance(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "old" / "fig2_loss_histograms.json"
+    source.parent.mkdir()
+    record = {"commit": "unknown", "device": "a CPU of 2026-11-27", "finished": "2026-11-27"}
+    source.write_text(json.dumps({"clean": [6.0, 6.5], "attacked": [7.0, 7.5], "purified": [5.0, 5.5],
+                                  "provenance": record}))
+    done = subprocess.run([sys.executable, str(root / "scripts" / "draw_fig2.py"), str(source), str(tmp_path / "new")],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    drawn = json.loads((tmp_path / "new" / "fig2_loss_histograms.json").read_text())
+    assert (tmp_path / "new" / "fig2_loss_histograms.png").stat().st_size > 0
+    assert drawn["provenance"] == record and drawn["attacked"] == [7.0, 7.5]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +31,9 @@ def _save(fig, out: Path, name: str, data: dict, record: dict | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     record = record or provenance()
-    fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the footer
-    fig.text(0.01, 0.01, footer(record), fontsize=6, color="0.35", ha="left", va="bottom")
+    lines = textwrap.wrap(footer(record), 110)  # a CPU's flags make it long: never cut off
+    fig.tight_layout(rect=(0, 0.035 * len(lines), 1, 1))  # room for the footer
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="0.35", ha="left", va="bottom")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     (out / f"{name}.json").write_text(json.dumps({**data, "provenance": record}, indent=2))
