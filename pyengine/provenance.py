@@ -219,14 +219,13 @@ def data_identity(data) -> dict:
     a folder by its image files' names and bytes. Cheap next to the work it describes."""
     from .data import IMAGE_SUFFIXES
 
-    digest = hashlib.sha256()
+    from .resume import tensor_digest
+
     if hasattr(data, "images") and hasattr(data, "labels"):  # ImageSet
-        _hash_tensor(digest, data.images)
-        _hash_tensor(digest, data.labels)
-        return {"digest": _short(digest), "images": int(data.labels.numel())}
+        return {"digest": f"sha256:{tensor_digest(data.images, data.labels)}", "images": int(data.labels.numel())}
     if hasattr(data, "shape") and hasattr(data, "dtype"):  # a Tensor
-        _hash_tensor(digest, data)
-        return {"digest": _short(digest), "images": int(data.shape[0]) if data.dim() else 1}
+        return {"digest": f"sha256:{tensor_digest(data)}", "images": int(data.shape[0]) if data.dim() else 1}
+    digest = hashlib.sha256()
     location = Path(getattr(data, "location", data))
     wanted = set(getattr(data, "paths", ()))  # an ImageSource's images; else every image file
     keep = (lambda name: name in wanted) if wanted else (lambda name: name.lower().endswith(IMAGE_SUFFIXES))
@@ -245,14 +244,6 @@ def data_identity(data) -> dict:
                 digest.update(file.read_bytes())
                 count += 1
     return {"digest": _short(digest), "images": count}
-
-
-def _hash_tensor(digest, tensor) -> None:
-    import torch
-
-    tensor = tensor.detach().cpu().contiguous()
-    digest.update(f"{tuple(tensor.shape)}{tensor.dtype}\n".encode())
-    digest.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
 
 
 def _short(digest) -> str:
