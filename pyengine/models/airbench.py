@@ -7,8 +7,8 @@ max pool and a bias-free linear layer whose logits are scaled by 1/9. Batch norm
 shift but no scale. 1.97 M parameters, 0.24 GFLOPs per 32x32 image: the "real model" a
 CPU-only user can purify. With airbench's full recipe (lookahead averaging, test-time flips,
 not implemented here) it reaches 94 % in 10 epochs; with the engine's training loop and the
-recipe below, 90.4 % on the CIFAR-10 JPEG copy in 16 epochs (about 45 s each on 2 cores in
-bf16 on an AMX CPU).
+recipe below, 90.4 % on the CIFAR-10 JPEG copy in 16 epochs (41-54 s each on 2 cores in
+bf16 on an AMX CPU, docs/results/cpu/airbench94/train_log.txt).
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ class Purifier(nn.Module):
             replay it (needs an objective with ``draw``; calls with ``on_step`` run eagerly).
         channels_last: convert the frozen classifier to channels_last (NHWC) on the first
             call and render the views in that layout: cuDNN's tensor cores and oneDNN's CPU
-            convolutions both prefer it (2.2x for airbench94 under bf16 on an AMX CPU).
+            convolutions both prefer it.
         compile: ``torch.compile`` the backbone's feature extractor on the first call (True:
             inductor; or a backend name). Off by default: each new batch shape compiles
             anew (tens of seconds), which suits serving at fixed batch sizes, not one-off calls.
