@@ -16,12 +16,12 @@ reading the 10,000 test images does not read the 50,000 training ones).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar10
+from .resume import save_atomic
 
 CACHE_PREFIX = "cifar10-"
 CACHE_SUFFIX = ".pt"
@@ -74,12 +74,7 @@ def build_cache(source: str | Path, cache_dir: str | Path, *, log=print) -> Path
         data = load_cifar10(Path(source).expanduser() / f"{split}.zip", split)
         payload[f"{split}_images"], payload[f"{split}_labels"] = data.images.contiguous(), data.labels.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    save_atomic(payload, path)
     return path
 
 

@@ -15,29 +15,29 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, ...]:
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
+def _cpuinfo_field(*names: str) -> str | None:
+    """The value of the first ``<name> : value`` line of /proc/cpuinfo (None where there is none)."""
+    return next((ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith(names) and ":" in ln), None)
+
+
 def cpu_flags() -> frozenset[str]:
     """The ISA flags of the first CPU in /proc/cpuinfo (empty where there is no such file)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return frozenset(line.split(":", 1)[-1].split())
+    return frozenset((_cpuinfo_field("flags", "Features") or "").split())
 
 
 def cpu_has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_description() -> str:

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 # How long a reader waits for a config.json that another process is still writing (only
 # where the file system has no hard links and the claim falls back to O_EXCL + write).
@@ -31,27 +32,40 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (never through an existing file or link), write, flush to disk."""
+def _write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` (never through an existing file or link), ``write(file)``, flush to disk."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     with os.fdopen(os.open(path, flags, 0o666), "wb") as f:
-        f.write(data)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
+    try:
+        _write_new(tmp, write)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``path`` through a temporary file that is flushed to disk and renamed over it:
     ``path`` is either complete or absent, and a link at ``path`` is replaced, not followed."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    tmp.unlink(missing_ok=True)  # left by a killed process that had this pid
-    try:
-        _write_new(tmp, data if isinstance(data, bytes) else data.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    raw = data if isinstance(data, bytes) else data.encode()
+    _replace_atomically(path, lambda f: f.write(raw))
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` as :func:`write_atomic` writes: a kill mid-write
+    leaves the previous file, never a truncated one (resume states, the data cache)."""
+    import torch
+
+    _replace_atomically(path, lambda f: torch.save(obj, f))
 
 
 def tensor_digest(*tensors) -> str:
@@ -129,11 +143,16 @@ def claim(out: Path, digest: str, settings: dict, *, unhashed: tuple[str, ...] =
     if previous.get("digest") == digest:
         return
     current = json.loads(json.dumps(settings, default=str))  # compared as stored
-    changed = [f"{key} ({previous.get(key, 'not recorded')!r} there, {current.get(key, 'not recorded')!r} now)"
-               for key in sorted((set(previous) | set(current)) - {"digest", *unhashed})
-               if previous.get(key) != current.get(key)]
+    changed = settings_differences(previous, current, ignore=("digest", *unhashed))
     raise RunFolderError(f"{out} holds results of another configuration: {'; '.join(changed) or 'other inputs'} "
                          f"(hash {previous.get('digest')} != {digest}); choose a new --out")
+
+
+def settings_differences(previous: dict, current: dict, *, ignore=()) -> list[str]:
+    """``key ('old' there, 'new' now)`` for every key whose value differs (``ignore`` aside),
+    sorted: what a refusal to resume names."""
+    return [f"{key} ({previous.get(key, 'not recorded')!r} there, {current.get(key, 'not recorded')!r} now)"
+            for key in sorted((set(previous) | set(current)) - set(ignore)) if previous.get(key) != current.get(key)]
 
 
 def _create_exclusive(path: Path, data: bytes) -> bool:
@@ -143,7 +162,7 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
     so a reader never sees a half-written file; without hard links, ``O_EXCL``."""
     tmp = _tmp_name(path)
     tmp.unlink(missing_ok=True)
-    _write_new(tmp, data)
+    _write_new(tmp, lambda f: f.write(data))
     try:
         os.link(tmp, path)
         return True
@@ -151,7 +170,7 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
         return False
     except OSError:  # e.g. a file system without hard links
         try:
-            _write_new(path, data)
+            _write_new(path, lambda f: f.write(data))
             return True
         except FileExistsError:
             return False

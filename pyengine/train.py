@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from .data import ImageSet
 from .errors import check_finite
 from .models.checkpoint import save_checkpoint
 from .provenance import provenance
+from .resume import save_atomic, settings_differences
 
 
 @dataclass
@@ -118,17 +118,15 @@ def _check_recipe(config: ClassifierTrainConfig) -> None:
 def _param_groups(model: nn.Module, extra: list[nn.Parameter], config: ClassifierTrainConfig) -> list[dict]:
     """Batch-norm shifts get ``bias_lr_scale`` x the learning rate and the weight decay divided
     by it (the same decay per step); frozen parameters are left out."""
+    params = [p for p in list(model.parameters()) + extra if p.requires_grad]
+    if config.bias_lr_scale == 1.0:
+        return [{"params": params, "lr_scale": 1.0, "weight_decay": config.weight_decay}]
     shifts = {id(m.bias) for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
-    params = [p for p in list(model.parameters()) + extra if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in shifts], "lr_scale": 1.0,
-               "weight_decay": config.weight_decay}]
-    if config.bias_lr_scale != 1.0:
-        groups.append({"params": [p for p in params if id(p) in shifts], "lr_scale": config.bias_lr_scale,
-                       "weight_decay": config.weight_decay / config.bias_lr_scale})
-    else:
-        groups[0]["params"] = params
-    return groups
+    return [{"params": [p for p in params if id(p) not in shifts], "lr_scale": 1.0,
+             "weight_decay": config.weight_decay},
+            {"params": [p for p in params if id(p) in shifts], "lr_scale": config.bias_lr_scale,
+             "weight_decay": config.weight_decay / config.bias_lr_scale}]
 
 
 def _step_decay(epoch: int, epochs: int, base: float) -> float:
@@ -266,7 +264,7 @@ def train_classifier(model: nn.Module, train: ImageSet, out: str | Path, config:
                  "generator": gen.get_state(), "settings": json.dumps(settings, sort_keys=True)}
         if head is not None:
             state["aux_head"] = head.state_dict()
-        _save_atomic(state, _resume_path(out))
+        save_atomic(state, _resume_path(out))
         if objective is not None:
             aux_metrics = {"train_cls_loss": sums[0] / max(seen, 1), "train_aux_loss": sums[1] / max(seen, 1)}
         if progress:
@@ -308,17 +306,6 @@ _RECIPE_DEFAULTS = {key: getattr(ClassifierTrainConfig, key) for key in
                     ("label_smoothing", "bias_lr_scale", "warmup_fraction", "crop_padding", "crop_pad_mode")}
 
 
-def _save_atomic(state: dict, path: Path) -> None:
-    """torch.save through a temporary file, flushed before the rename: a kill mid-write
-    leaves the previous epoch's state, never a truncated one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _maybe_resume(out: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                   aux_head: nn.Module | None = None, *, settings: dict) -> int:
     path = _resume_path(out)
@@ -326,9 +313,7 @@ def _maybe_resume(out: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: 
         return 0
     state = torch.load(path, weights_only=True)
     if "settings" in state:
-        saved = json.loads(state["settings"])
-        changed = [f"{k} ({saved.get(k)!r} there, {settings.get(k)!r} now)"
-                   for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+        changed = settings_differences(json.loads(state["settings"]), settings)
         if changed:
             raise ValueError(f"{path} was written with other settings: {'; '.join(changed)}; "
                              "rerun with the same settings, or delete it to train from scratch")
@@ -395,7 +380,7 @@ def train_head(classifier: nn.Module, head: nn.Module, train: ImageSet, out: str
             opt.step()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        _save_atomic({"epoch": epoch + 1, "model": head.state_dict(), "optimizer": opt.state_dict(),
+        save_atomic({"epoch": epoch + 1, "model": head.state_dict(), "optimizer": opt.state_dict(),
                       "generator": gen.get_state(), "settings": json.dumps(settings, sort_keys=True)},
                      _resume_path(out))
         if progress:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..resume import write_atomic
 from .costs import eval_seconds, train_seconds
 from .plan import SETTINGS, Layout, Scale, Step, evaluated
 
@@ -184,8 +185,6 @@ def publish_report(run: Path, report: Path) -> None:
     report.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "table.md", "results.json"):  # results.json last: it marks the copy done
         if (run / name).is_file():
-            tmp = report / f"{name}.tmp"
-            shutil.copyfile(run / name, tmp)
-            tmp.replace(report / name)
+            write_atomic(report / name, (run / name).read_bytes())
     if (run / "figures").is_dir():
         shutil.copytree(run / "figures", report / "figures", dirs_exist_ok=True)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save
 from torch import nn
 
+from ..resume import write_atomic
 from .head import ContrastiveHead
 from .registry import create_model, model_config
 
@@ -85,10 +86,13 @@ def save_checkpoint(path: str | Path, classifier: nn.Module, *, head: Contrastiv
             tensors.update({f"aux.{aux_name}.{k}": v for k, v in part.state_dict().items()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _check_finite(tensors, f"refusing to save {path}")
+    return _write(path, tensors, manifest)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], manifest: dict) -> Path:
+    """The safetensors file, whole or not at all: never a half-written checkpoint under the real name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={_MANIFEST_KEY: json.dumps(manifest)})
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    write_atomic(path, save(tensors, metadata={_MANIFEST_KEY: json.dumps(manifest)}))
     return path
 
 
@@ -189,9 +193,4 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, dtype: str = "float1
     tensors = {k: v.to(HALF_DTYPES[dtype]).contiguous() if v.dtype == torch.float32 else v
                for k, v in tensors.items()}
     _check_finite(tensors, f"refusing to write {dst} in {dtype}")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(dst.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={_MANIFEST_KEY: json.dumps({**header, "stored_dtype": dtype, **manifest})})
-    tmp.replace(dst)
-    return dst
+    return _write(Path(dst), tensors, {**header, "stored_dtype": dtype, **manifest})
