@@ -1,4 +1,5 @@
-"""Builds pyengine and its extension pyengine._C (the fused ops' C++/CUDA kernels).
+"""Builds pyengine's extension pyengine._C (the fused ops' C++/CUDA kernels); the package's
+metadata is in pyproject.toml.
 
 The extension globs its sources, so a new op only adds files: csrc/*.cpp (schemas and the
 module) and csrc/cpu/*.cpp always; csrc/cuda/*.cu when torch was built with CUDA and a CUDA
@@ -7,6 +8,9 @@ PYENGINE_FORCE_CUDA=1. PYENGINE_NO_EXTENSION=1 skips the extension: the pure-PyT
 reference ops then serve every call.
 
     MAX_JOBS=1 pip install --no-build-isolation -e .
+
+The torch the extension is compiled against is recorded in pyengine/_build_info.py, so a
+failed import of the extension can say whether the running torch differs.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import glob
 import os
 import platform
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,24 +52,20 @@ def _extensions() -> tuple[list, dict]:
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc})
     else:
         ext = CppExtension("pyengine._C", files, extra_compile_args={"cxx": cxx})
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    class BuildWithInfo(BuildExtension.with_options(use_ninja=True)):
+        """Also writes _build_info.py (not tracked) beside the built _C: the torch it was compiled against."""
+
+        def run(self):
+            super().run()
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath("pyengine._C")), "_build_info.py")
+            with open(path, "w") as f:
+                f.write('"""Written by setup.py when it built pyengine._C: the torch it was compiled against."""\n'
+                        f"TORCH_VERSION = {torch.__version__!r}\nTORCH_CUDA = {torch.version.cuda!r}\n")
+
+    return [ext], {"build_ext": BuildWithInfo}
 
 
 ext_modules, cmdclass = _extensions()
 
-setup(
-    name="pyengine",
-    version="0.1.0",
-    description="Test-time adversarial purification with fused contrastive-loss, view-sampling and projection ops",
-    packages=find_packages(exclude=("tests", "tests.*", "bench", "bench.*", "export", "export.*")),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "pillow", "matplotlib"],
-    extras_require={
-        "export": ["onnx", "onnxruntime"],
-        "tensorrt": ["tensorrt"],
-        "dev": ["pytest", "pytest-benchmark", "ninja", "pybind11"],
-    },
-    entry_points={"console_scripts": ["pyengine = pyengine.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 from .attacks import PGD
 from .data import ImageSet
 from .purify import Purifier
+from .resources import checkpoints_dir
 
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINTS = checkpoints_dir()
 # Standard training: the paper's Section 7.B setting (and its Figure 2 effect).
 STANDARD_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny.safetensors"
 # FGSM-RS training: the more robust defended system (docs/RESULTS.md), so the default.

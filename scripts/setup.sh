@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Installs pyengine and everything it needs from this checkout's own files, then builds
 # the C++ extension (CPU kernels always; CUDA kernels where torch has CUDA and nvcc exists).
-# A torch already installed (2.4 or newer, CPU or CUDA) is kept; otherwise the CPU build of
-# torch 2.13.0 is installed.
+# Versions come from constraints.txt (the ones CI tests). A torch already installed (CPU or
+# CUDA, at least pyproject.toml's floor) is kept; otherwise constraints.txt's torch is installed.
+# Installed: pyengine (editable) with its extras plots, export, attacks and test, and
+# torchattacks with --no-deps (its metadata pins requests~=2.25.1 and torchvision, which its
+# code does not import; see pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-  "$PYTHON" -m pip install -q torch==2.13.0
+PIP=("$PYTHON" -m pip install -q)
+constraints=$(mktemp "${TMPDIR:-/tmp}/pyengine-constraints.XXXXXX")
+trap 'rm -f "$constraints"' EXIT
+if "$PYTHON" -c "import torch" 2>/dev/null; then
+  grep -v '^torch==' constraints.txt > "$constraints"   # keep the installed torch
+else
+  cp constraints.txt "$constraints"
+  "${PIP[@]}" -c "$constraints" torch
 fi
-"$PYTHON" -m pip install -q -r requirements.txt
-"$PYTHON" -m pip install -q --no-deps torchattacks==3.5.1
-MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" -m pip install -q --no-build-isolation --no-deps -e .
-"$PYTHON" -c "import pyengine.ops as ops; assert ops.extension_loaded(), 'pyengine._C did not build'; print('pyengine: extension built, CUDA kernels:', ops.cuda_kernels_built())"
+# setup.py imports torch to configure the build, so the build is not isolated: its tools first.
+"${PIP[@]}" -c "$constraints" setuptools ninja
+MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" -c "$constraints" --no-build-isolation -e ".[plots,export,attacks,test]"
+"${PIP[@]}" -c "$constraints" --no-deps torchattacks
+"$PYTHON" -c "from pyengine.ops import _extension as ext; assert ext.extension_loaded(), ext.extension_error(); print('pyengine: extension built, CUDA kernels:', ext.cuda_kernels_built())"

@@ -49,13 +49,7 @@ def synthetic(n, seed):
     return (protos[y] + 0.08 * torch.randn(n, 3, 8, 8, generator=g)).clamp(0, 1), y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Shared CPUs: one intra-op thread is much faster for these tiny ops than oversubscribed two.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: shared CPUs
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from PIL import Image
 
 from pyengine.data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar10
 
-REAL_DATA = Path(__file__).parents[2] / "shared/data/cifar10"
 
 
 def _image(seed: int) -> np.ndarray:
@@ -287,11 +286,10 @@ def test_imageset_subset():
     assert len(data.subset(10)) == 5
 
 
-@pytest.mark.skipif(not (REAL_DATA / "test.zip").is_file(), reason="shared CIFAR-10 zip not present")
-def test_real_test_zip():
-    data = load_cifar10(REAL_DATA / "test.zip", "test", limit=20)
+def test_real_test_zip(cifar10):
+    data = load_cifar10(cifar10 / "test.zip", "test", limit=20)
     assert data.images.shape == (20, 3, 32, 32) and data.images.dtype == torch.uint8
     assert data.labels.tolist() == list(range(10)) * 2
     x = data.float_images()
     assert 0.2 < x.mean() < 0.8 and x.std() > 0.1  # real photographs, not blank
-    assert torch.equal(load_cifar10(REAL_DATA, "test", limit=20).images, data.images)
+    assert torch.equal(load_cifar10(cifar10, "test", limit=20).images, data.images)

@@ -1,7 +1,5 @@
 """The shipped checkpoints load whole, and the paper's Fig. 2 effect on the standard one:
 attacks raise L_s, purification lowers it."""
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,14 +11,11 @@ from pyengine.loading import load_purifier
 from pyengine.random import CounterRandom
 from pyengine.soap import MinAuxPurifier
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 @pytest.fixture(scope="module")
-def batch():
-    if not DATA.exists():
-        pytest.skip(f"CIFAR-10 copy not found at {DATA}")
-    data = load_cifar10(DATA, "test", limit=64)
+def batch(cifar10):
+    data = load_cifar10(cifar10, "test", limit=64)
     return data.float_images(), data.labels
 
 

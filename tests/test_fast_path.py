@@ -12,7 +12,7 @@ from pyengine.models import ContrastiveHead
 from pyengine.purify import ViewSampler
 from pyengine.random import CounterRandom
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.cuda  # conftest.py skips it without CUDA
 
 
 def make_purifier(device="cpu", **kwargs):

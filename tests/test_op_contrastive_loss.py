@@ -2,13 +2,12 @@
 import pytest
 import torch
 
-from pyengine.ops import contrastive_loss, contrastive_loss_reference, cuda_kernels_built, extension_loaded
+from pyengine.ops import contrastive_loss, contrastive_loss_reference, extension_loaded
 
 if not extension_loaded():
     pytest.skip("pyengine._C is not built: no fused contrastive_loss to test", allow_module_level=True)
 
-cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernels_built()),
-                               reason="needs a GPU and pyengine._C built with CUDA kernels")
+cuda_only = pytest.mark.cuda_kernels  # conftest.py skips it without a GPU and CUDA kernels
 
 fused = torch.ops.pyengine.contrastive_loss
 fused_backward = torch.ops.pyengine._contrastive_loss_backward

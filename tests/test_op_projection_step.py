@@ -2,14 +2,13 @@
 import pytest
 import torch
 
-from pyengine.ops import (NORMS, cuda_kernels_built, extension_loaded, projection_step, projection_step_,
+from pyengine.ops import (NORMS, extension_loaded, projection_step, projection_step_,
                           projection_step_reference)
 
 if not extension_loaded():
     pytest.skip("pyengine._C is not built: no fused projection_step to test", allow_module_level=True)
 
-cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernels_built()),
-                               reason="needs a GPU and pyengine._C built with CUDA kernels")
+cuda_only = pytest.mark.cuda_kernels  # conftest.py skips it without a GPU and CUDA kernels
 
 fused = torch.ops.pyengine.projection_step
 fused_ = torch.ops.pyengine.projection_step_

@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from pyengine.ops import sample_views, sample_views_reference
-from pyengine.ops._extension import cuda_kernels_built, extension_loaded
+from pyengine.ops._extension import extension_loaded
 from pyengine.ops.view_sampling import (BRIGHTNESS, CONTRAST, CROP_HEIGHT, CROP_LEFT, CROP_TOP, CROP_WIDTH, FLIP,
                                         GRAYSCALE, HUE, NUM_VIEW_PARAMS, SATURATION, identity_view_params)
 
 pytestmark = pytest.mark.skipif(not extension_loaded(), reason="pyengine._C is not built: no fused sample_views")
-cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_kernels_built()),
-                               reason="needs a GPU and pyengine._C built with CUDA kernels")
+cuda_only = pytest.mark.cuda_kernels  # conftest.py skips it without a GPU and CUDA kernels
 
 # (N, V, H, W, out_h, out_w): V = 1 and 4, out size equal to, above and below the input, non-square.
 SIZES = [(2, 1, 32, 32, 32, 32), (3, 4, 11, 13, 7, 9), (1, 4, 8, 8, 16, 12), (2, 2, 5, 17, 24, 3)]

@@ -2,7 +2,6 @@
 min-aux radius selection, the oracle, checkpoints, bad input, and the paper's Figure 3."""
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,17 +19,9 @@ from pyengine.soap import (ConsistencyObjective, MinAuxPurifier, ReconstructionO
                            soap_purifier)
 from pyengine.train import ClassifierTrainConfig, random_crop_flip, train_classifier
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-needs_cifar = pytest.mark.skipif(not (CIFAR / "test.zip").is_file(), reason="CIFAR-10 zips not available")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared: one thread avoids oversubscription (10x faster there).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: shared CPUs
 
 
 def tiny_model(dtype=torch.float32):
@@ -132,12 +123,10 @@ def test_corruption_is_gaussian_clipped_and_seeded():
 
 
 @pytest.fixture(scope="module")
-def cifar16():
+def cifar16(cifar10):
     """320 class-balanced CIFAR-10 test images, average-pooled to 16x16 for speed: the first
     256 train the small models, the last 64 are held out for Figure 3."""
-    if not (CIFAR / "test.zip").is_file():
-        pytest.skip("CIFAR-10 zips not available")
-    data = load_cifar10(CIFAR / "test.zip", "test", limit=320)
+    data = load_cifar10(cifar10 / "test.zip", "test", limit=320)
     return ImageSet(F.avg_pool2d(data.images.float(), 2).round().to(torch.uint8), data.labels)
 
 
@@ -180,7 +169,7 @@ def trained(cifar16, tmp_path_factory):
     return get
 
 
-@needs_cifar
+@pytest.mark.cifar10
 @pytest.mark.parametrize("task", AUX_TASKS)
 def test_joint_training_lowers_both_losses(trained, task):
     run = trained(task)
@@ -345,7 +334,7 @@ def test_oracle_is_the_first_correct_radius_and_labelled_an_upper_bound():
 # ---------------------------------------------------------------- checkpoints
 
 
-@needs_cifar
+@pytest.mark.cifar10
 def test_checkpoint_round_trip_and_missing_heads(trained, tmp_path):
     run = trained("reconstruction")
     purifier = load_soap_purifier(run["path"])
@@ -379,14 +368,14 @@ def test_checkpoint_round_trip_and_missing_heads(trained, tmp_path):
         load_purifier(run["path"], precision="bf16")
 
 
-@needs_cifar
-def test_cli_trains_a_rotation_checkpoint(tmp_path, capsys):
+@pytest.mark.cifar10
+def test_cli_trains_a_rotation_checkpoint(tmp_path, capsys, cifar10):
     from pyengine.cli import main
 
     out = tmp_path / "rot.safetensors"
     assert main(["train-classifier", "--aux", "rotation", "--alpha", "0.25", "--noise-sigma", "0.05",
                  "--epochs", "1", "--batch-size", "16", "--limit", "16", "--test-limit", "16",
-                 "--data", str(CIFAR), "--out", str(out), "--threads", "1"]) == 0
+                 "--data", str(cifar10), "--out", str(out), "--threads", "1"]) == 0
     purifier = load_soap_purifier(out)
     manifest = purifier.manifest
     assert (manifest["aux_task"], manifest["aux_alpha"], manifest["aux_noise_sigma"]) == ("rotation", 0.25, 0.05)
@@ -446,7 +435,7 @@ def test_bad_settings_raise():
 # ---------------------------------------------------------------- the paper's Figure 3
 
 
-@needs_cifar
+@pytest.mark.cifar10
 @pytest.mark.parametrize("task", ["consistency", "reconstruction"])
 def test_figure3_attacks_raise_the_auxiliary_loss_and_purification_lowers_it(trained, cifar16, task):
     """Figure 3: L_aux is higher on PGD examples than on clean ones, and Algorithm 2 brings it down.

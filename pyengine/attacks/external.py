@@ -1,7 +1,8 @@
 """Attacks taken from torchattacks 3.5.1 (an optional extra): C&W-L2, DeepFool, AutoAttack.
 
-Install with ``pip install --no-deps torchattacks==3.5.1`` (its metadata pins requests and
-torchvision; the code imports neither). It is imported lazily, on the first perturb.
+Install with ``pip install 'pyengine[attacks]'`` (scipy, which its code imports) and
+``pip install --no-deps torchattacks==3.5.1`` (its metadata pins requests and torchvision;
+the code imports neither). It is imported lazily, on the first perturb.
 
 The wrappers keep this package's contract where torchattacks differs:
 
@@ -29,7 +30,7 @@ from .base import Attack, attack_stream, bind, predict, project, subset_random
 from .checks import check_eot
 
 TORCHATTACKS_VERSION = "3.5.1"
-INSTALL = f"pip install --no-deps torchattacks=={TORCHATTACKS_VERSION}"
+INSTALL = f"pip install 'pyengine[attacks]' && pip install --no-deps torchattacks=={TORCHATTACKS_VERSION}"
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -40,7 +41,7 @@ def require_torchattacks():
     except ImportError as err:
         raise ImportError(f"this attack needs the optional dependency torchattacks; install it with "
                           f"`{INSTALL}` (--no-deps: its metadata pins requests~=2.25.1 and torchvision, "
-                          "which its code does not import; scipy is required)") from err
+                          "which its code does not import)") from err
     version = getattr(torchattacks, "__version__", "?")
     if version != TORCHATTACKS_VERSION and not getattr(require_torchattacks, "_warned", False):
         require_torchattacks._warned = True

@@ -1,7 +1,7 @@
 """Check an ONNX model against TensorRT's ONNX parser support matrix, without TensorRT.
 
-The matrices are data (``export/trt_supported_ops/tensorrt-<version>.json``, built from
-onnx-tensorrt's ``docs/operators.md`` and changelog; each file cites its source). For
+The matrices are package data (``pyengine/deploy/trt_supported_ops/tensorrt-<version>.json``,
+built from onnx-tensorrt's ``docs/operators.md`` and changelog; each file cites its source). For
 every node the check looks at: the domain (standard only), the op type (supported in
 that version), inputs that must be initializers or constants (e.g. Reduce* ``axes``),
 attribute values (e.g. Resize modes, Scatter reductions), output counts and input ranks;
@@ -17,8 +17,9 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-OPS_DIR = Path(os.environ.get("PYENGINE_TRT_OPS_DIR",
-                              Path(__file__).resolve().parents[2] / "export" / "trt_supported_ops"))
+from ..resources import trt_ops_dir
+
+OPS_DIR = Path(os.environ.get("PYENGINE_TRT_OPS_DIR") or trt_ops_dir())
 
 
 def available_versions(ops_dir: Path = OPS_DIR) -> list[str]:

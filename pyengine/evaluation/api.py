@@ -33,6 +33,8 @@ def evaluate(purifier, data: ImageSet, config: EvalConfig, out: str | Path, *, r
     writes the report and figures. Returns the summary on rank 0, None elsewhere.
     """
     out, started = Path(out), utc_now()
+    if figure_images:
+        figures.pyplot()  # matplotlib is optional: fail before the attacks run, not after
     if not config.purifier:
         config = replace(config, purifier=f"{type(purifier).__name__}({purifier.extra_repr()})")
     run = Evaluation(purifier, data, config, out, default_attack_factory(purifier, config), progress and rank == 0)

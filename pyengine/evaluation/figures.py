@@ -15,16 +15,26 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..provenance import footer, provenance  # noqa: E402
-from ..random import CounterRandom  # noqa: E402
+from ..provenance import footer, provenance
+from ..random import CounterRandom
 
 AttackAt = Callable[[float], object]  # eps -> attack with perturb(x, y, generator=...)
+PLOTS_EXTRA = "pip install 'pyengine[plots]'"
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend. matplotlib is an optional extra: a clear
+    ImportError naming it when it is missing (checked before an evaluation starts)."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(f"the figures need matplotlib, an optional extra: {PLOTS_EXTRA}") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, out: Path, name: str, data: dict, record: dict | None = None) -> Path:
@@ -35,7 +45,7 @@ def _save(fig, out: Path, name: str, data: dict, record: dict | None = None) -> 
     fig.tight_layout(rect=(0, 0.035 * len(lines), 1, 1))  # room for the footer
     fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="0.35", ha="left", va="bottom")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
     (out / f"{name}.json").write_text(json.dumps({**data, "provenance": record}, indent=2))
     return path
 
@@ -61,7 +71,7 @@ def _attack_sweep(purifier, x, y, attacks: list, seed: int) -> dict[str, list[fl
 
 def _plot_sweep(xs: list[float], data: dict, xlabel: str, out: Path, name: str, record: dict | None) -> Path:
     """Robust accuracy, Standard vs Purified, along one swept setting."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
     for key, label in (("standard", "Standard"), ("purified", "Purified")):
         ax.plot(xs, [100 * a for a in data[key]], "o-", label=label)
     ax.set_xlabel(xlabel)
@@ -88,7 +98,7 @@ def loss_histograms(records: dict[str, list[dict]], attack: str, out: Path, *, l
     clean = [r["loss"] for r in records["clean"]]
     attacked = [r["loss"] for r in records[attack]]
     purified = [r["loss_purified"] for r in records[attack]]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
     for values, label in ((clean, "clean"), (attacked, f"attacked ({attack})"), (purified, "attacked, purified")):
         ax.hist(values, bins=30, alpha=0.55, label=label)
     ax.set_xlabel(f"loss {loss_name} per image")
@@ -109,7 +119,7 @@ def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0, record
         purifier.purify(inputs, generator=_rng(seed, len(y)),
                         on_step=lambda k, xk: accs.append(_accuracy(purifier.classifier, xk, y)))
         curves[name] = accs
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
     for name, accs in curves.items():
         ax.plot(range(len(accs)), [100 * a for a in accs], label=name)
     ax.set_xlabel("purification step k")
@@ -140,7 +150,7 @@ def tradeoff_eps_v(purifier, x, y, x_adv, eps_v_values: list[float], out: Path, 
             clean = _accuracy(variant.classifier, variant.purify(x, generator=_rng(seed, len(y))), y)
             robust = _accuracy(variant.classifier, variant.purify(x_adv, generator=_rng(seed, len(y))), y)
             data[key].append({"clean": clean, "robust": robust})
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
     for key, label in (("ours", "reverse attack (ours)"), ("random_noise", "random noise")):
         ax.plot([100 * p["robust"] for p in data[key]], [100 * p["clean"] for p in data[key]], "o-", label=label)
     ax.set_xlabel("robust accuracy (%)")
@@ -166,7 +176,7 @@ def pca_trajectories(purifier, x, x_adv, out: Path, *, n_show: int = 6, seed: in
     _, _, v = torch.linalg.svd(stacked - mean, full_matrices=False)
     project = lambda f: ((f - mean) @ v[:2].T).tolist()  # noqa: E731
     data = {"clean": project(clean), "attacked": project(attacked), "iterates": [project(f) for f in iterates]}
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(5.5, 4.2))
     for i in range(len(x)):
         path = [data["attacked"][i]] + [step[i] for step in data["iterates"]]
         ax.plot([p[0] for p in path], [p[1] for p in path], "-", color=f"C{i}", alpha=0.6)
