@@ -5,8 +5,8 @@ host (the graph has none: TensorRT ignores RandomUniform seeds), runs purify + c
 and returns logits and purified images. The sampler reproduces the distributions of
 :meth:`pyengine.purify.ViewSampler.draw` and of the step rule's random start, not the
 torch random streams; pass explicit draws (``start_noise``, ``randoms``) to reproduce a
-particular engine run. This module imports only numpy and onnxruntime, so it can be
-copied beside the model onto a device without torch.
+particular engine run. This module imports only numpy and onnxruntime: the edge kit
+(``export/kit.py``) runs it from its file on devices without torch.
 """
 from __future__ import annotations
 

@@ -4,8 +4,11 @@
 With ``fp16=True`` the classifier (nodes under ``classify/``) may run in fp16 while every
 layer of the purification steps is pinned to fp32 (layer precision and output types, with
 ``OBEY_PRECISION_CONSTRAINTS``): the input gradients are ~1e-6 and underflow in fp16,
-flipping the signs that drive the steps. TensorRT timing is left to users with TensorRT:
-none of the machines this project runs on has it (see export/README.md).
+flipping the signs that drive the steps. :class:`TensorRTRunner` runs a plan with device
+buffers from cuda-python (no torch). This module imports only numpy (TensorRT and cuda-python
+on use), so the edge kit in ``export/`` loads it from its file on devices without torch.
+Untested: none of the machines this project runs on has TensorRT (see export/README.md); it is
+written against TensorRT's documented Python API (8.5+: named tensors, ``execute_async_v3``).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ INSTALL_HINT = ("TensorRT's Python package is not installed. On a Jetson, use th
                 "(`sudo apt-get install python3-libnvinfer`, TensorRT 8.5/8.6 on JetPack 5, 10.3 on JetPack 6); "
                 "on an x86_64 machine with an NVIDIA GPU, `pip install tensorrt`. The ONNX model itself runs "
                 "without it: pyengine.deploy.OnnxPurifier (ONNX Runtime).")
+CUDA_PYTHON_HINT = ("TensorRTRunner needs cuda-python for its device buffers: `pip install cuda-python` "
+                    "(a release matching the device's CUDA)")
 FP16_SAFE_PREFIX = "classify/"
 
 
@@ -30,6 +35,26 @@ def import_tensorrt():
     except ImportError as err:
         raise TensorRTUnavailable(f"{INSTALL_HINT} (import tensorrt: {err})") from None
     return trt
+
+
+def import_cudart():
+    """cuda-python's runtime API (``cuda.bindings.runtime`` since 12.6, ``cuda.cudart`` before)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as err:
+            raise TensorRTUnavailable(f"{CUDA_PYTHON_HINT} (import cuda: {err})") from None
+    return cudart
+
+
+def _cuda(cudart, result):
+    """The value of a cuda-python call's ``(error, value...)`` tuple; RuntimeError on an error."""
+    err, *values = result
+    if int(err.value) != 0:
+        raise RuntimeError(f"CUDA error {err.value} ({cudart.cudaGetErrorName(err)[1]})")
+    return values[0] if len(values) == 1 else None
 
 
 def _major(trt) -> int:
@@ -85,39 +110,61 @@ def build_engine(onnx_path, plan_path, *, fp16: bool = False, workspace_gib: flo
 class TensorRTRunner:
     """Run a plan built from an exported purifier; inputs and outputs as in its ONNX sidecar.
 
-    ``run(feeds: {name: float32 ndarray}) -> {name: ndarray}``. Device buffers are torch
-    CUDA tensors (JetPack's torch wheels work), so the runner needs torch with CUDA.
-    :class:`pyengine.deploy.OnnxPurifier` draws the randomness; pass it ``session=runner``.
+    ``run(output_names, feeds: {name: ndarray}) -> [ndarray]``, the call shape of
+    ``onnxruntime.InferenceSession.run``, so :class:`pyengine.deploy.OnnxPurifier` (which
+    draws the randomness on the host) takes it as ``session=runner``. Device buffers and the
+    stream come from cuda-python; host buffers are numpy arrays of the plan's shapes and dtypes.
     """
 
     def __init__(self, plan_path):
-        trt = import_tensorrt()
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("TensorRTRunner needs a CUDA GPU visible to torch")
-        self.trt, self.torch = trt, torch
+        trt, cudart = import_tensorrt(), import_cudart()
+        self.trt, self.cudart = trt, cudart
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         if self.engine is None:
             raise ValueError(f"{plan_path} is not a plan for this TensorRT ({trt.__version__}) and GPU; rebuild it here")
         self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in self.names if n not in self.inputs]
-        self.buffers = {n: torch.empty(tuple(self.engine.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
-                        for n in self.names}
-        for name, buffer in self.buffers.items():
-            self.context.set_tensor_address(name, buffer.data_ptr())
-        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.host = {n: np.empty(tuple(self.engine.get_tensor_shape(n)), trt.nptype(self.engine.get_tensor_dtype(n)))
+                     for n in names}
+        self.device = {}
+        for name, array in self.host.items():
+            self.device[name] = _cuda(cudart, cudart.cudaMalloc(array.nbytes))
+            self.context.set_tensor_address(name, self.device[name])
+        self.stream = _cuda(cudart, cudart.cudaStreamCreate())
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Same call shape as ``onnxruntime.InferenceSession.run``."""
-        torch = self.torch
-        with torch.cuda.stream(self.stream):
-            for name in self.inputs:
-                self.buffers[name].copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])), non_blocking=False)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-        self.stream.synchronize()
-        return [self.buffers[n].cpu().numpy() for n in (output_names or self.outputs)]
+        """Copy ``feeds`` in, execute on the runner's stream, copy every output back."""
+        cudart = self.cudart
+        kinds = cudart.cudaMemcpyKind
+        for name in self.inputs:
+            host = self.host[name]
+            value = np.asarray(feeds[name])
+            if value.shape != host.shape:
+                raise ValueError(f"input {name} must have shape {host.shape}, got {value.shape}")
+            host[...] = value  # the plan's dtype; the host buffer outlives the asynchronous copy
+            _cuda(cudart, cudart.cudaMemcpyAsync(self.device[name], host.ctypes.data, host.nbytes,
+                                                 kinds.cudaMemcpyHostToDevice, self.stream))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT execution failed")
+        for name in self.outputs:
+            host = self.host[name]
+            _cuda(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, self.device[name], host.nbytes,
+                                                 kinds.cudaMemcpyDeviceToHost, self.stream))
+        _cuda(cudart, cudart.cudaStreamSynchronize(self.stream))
+        return [self.host[n].copy() for n in (output_names or self.outputs)]
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (also on garbage collection)."""
+        for pointer in self.device.values():
+            self.cudart.cudaFree(pointer)
+        self.device = {}
+        if self.stream is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+    def __del__(self):
+        if getattr(self, "stream", None) is not None:
+            self.close()
