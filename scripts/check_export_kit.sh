@@ -8,12 +8,7 @@
 #   bash scripts/check_export_kit.sh     # data: PYENGINE_DATA, default ../shared/data/cifar10
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-REPO=$(pwd)
-DATA=$(cd "${PYENGINE_DATA:-$REPO/../shared/data/cifar10}" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pyengine-kit.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+source scripts/check_common.sh check_export_kit   # PYTHON, DATA, WORK
 
 "$PYTHON" -m pyengine export onnx --checkpoint pyengine/checkpoints/cifar10_preact_resnet_tiny.safetensors \
     --steps 3 --batch 4 --out "$WORK/model.onnx"

@@ -9,12 +9,7 @@
 # MAX_JOBS (default 2) limits the compile; KEEP=1 keeps the work folder (printed) for a look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-REPO=$(pwd)
-DATA=$(cd "${PYENGINE_DATA:-$REPO/../shared/data/cifar10}" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pyengine-wheel.XXXXXX")
-if [[ ${KEEP:-0} == 1 ]]; then echo "check_wheel: work folder $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+source scripts/check_common.sh check_wheel   # PYTHON, DATA, WORK
 
 echo "check_wheel: building the wheel"
 MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" .
