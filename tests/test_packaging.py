@@ -197,3 +197,13 @@ def test_importing_pyengine_needs_neither_matplotlib_nor_torchattacks():
     code = ("import sys; sys.modules['matplotlib'] = None; sys.modules['torchattacks'] = None\n"
             "import pyengine, pyengine.evaluation, pyengine.attacks, pyengine.cli\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=300)
+
+
+def test_the_gpu_pipeline_without_data_says_how_to_get_it(monkeypatch, tmp_path, capsys):
+    from pyengine.gpu_pipeline.cli import main
+
+    monkeypatch.delenv(resources.DATA_ENV, raising=False)
+    monkeypatch.delenv("DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["carry", "--out", str(tmp_path / "out")]) == 2
+    assert "error: no CIFAR-10 data set given" in capsys.readouterr().err

@@ -34,14 +34,13 @@ def _list(text: str, allowed, what: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import DEFAULT_DATA
-
     parser = argparse.ArgumentParser(prog="python3 -m pyengine.gpu_pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run (or continue) the papers' GPU pipeline")
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("DATA", DEFAULT_DATA)),
-                   help="folder of the JPEG copy's train.zip and test.zip (env DATA; default: %(default)s)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder of the JPEG copy's train.zip and test.zip (default: env DATA, else PYENGINE_DATA, "
+                        "else ../shared/data/cifar10 beside the checkout)")
     p.add_argument("--smoke", action="store_true", default=os.environ.get("SMOKE") == "1",
                    help="every step on the tiny model and a few images (env SMOKE=1)")
     p.add_argument("--work", type=Path, default=None,
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="train with torch.compile (pays only for long runs)")
     p.add_argument("--plan-only", action="store_true", help="measure, print the estimates, run nothing")
     p = sub.add_parser("carry", help="write the data folder a GPU call carries (train.zip and a test prefix)")
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("DATA", DEFAULT_DATA)))
+    p.add_argument("--data", type=Path, default=None, help="as for run")
     p.add_argument("--out", type=Path, default=Path("gpu_data/cifar10"))
     p.add_argument("--also", type=Path, nargs="*", default=[Path(".whl")],
                    help="other carried folders, counted against the limit (default: .whl)")
@@ -68,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..data import DataError
     from ..models.checkpoint import CheckpointError
+    from ..resources import cifar10_path
 
     args = build_parser().parse_args(argv)
     try:
+        args.data = cifar10_path(args.data or os.environ.get("DATA") or None)
         if args.command == "carry":
             from .carry import prepare
 
