@@ -217,7 +217,8 @@ def test_a_soap_checkpoint_gives_the_same_min_aux_purifier_in_every_command(monk
     soap = soap_checkpoint(tmp_path / "soap.safetensors")
     built = purifiers_of_every_command(monkeypatch, tmp_path, checkpoint=soap)
     reference = load_purifier(soap)
-    assert isinstance(reference, MinAuxPurifier) and settings(reference) == (SOAP_STEPS, 40 / 255, SOAP_STEP_SIZE, False)
+    assert isinstance(reference, MinAuxPurifier)
+    assert settings(reference) == (SOAP_STEPS, 40 / 255, SOAP_STEP_SIZE, False)
     for name, purifier in built.items():
         assert isinstance(purifier, MinAuxPurifier), name
         assert (settings(purifier), purifier.radii) == (settings(reference), reference.radii), name
