@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 source scripts/check_common.sh check_wheel   # PYTHON, DATA, WORK
 
 echo "check_wheel: building the wheel"
+# build/lib* stages the package's files and is never pruned: a module that became a package
+# (or was deleted) would ride along. The compiled objects in build/temp* are reused.
+rm -rf build/lib.*
 MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" .
 wheels=("$WORK"/dist/pyengine-*.whl)
 WHEEL=${wheels[0]}
@@ -45,8 +48,8 @@ assert Path(pyengine.__file__).resolve().is_relative_to(Path(sys.prefix).resolve
 assert _extension.extension_loaded(), _extension.extension_error()
 print(f"check_wheel: pyengine {pyengine.__version__} from {Path(pyengine.__file__).parent}, extension loaded")
 EOF
-"$WORK/venv/bin/pyengine" demo --n 5 --data "$DATA" --threads 2
-CKPT=$("$VPY" -c "from pyengine.resources import resolve_checkpoint; print(resolve_checkpoint('cifar10_preact_resnet_tiny'))")
-"$WORK/venv/bin/pyengine" export onnx --checkpoint "$CKPT" --steps 2 --out "$WORK/model.onnx"
+PYENGINE_DATA=$DATA "$WORK/venv/bin/pyengine" demo --n 5 --threads 2
+# A shipped checkpoint by its name, from the installed package's data.
+"$WORK/venv/bin/pyengine" export onnx --checkpoint cifar10_preact_resnet_tiny --steps 2 --out "$WORK/model.onnx"
 "$WORK/venv/bin/pyengine" export check --onnx "$WORK/model.onnx" --trt all
 echo "check_wheel: passed"

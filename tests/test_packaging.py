@@ -207,3 +207,21 @@ def test_the_gpu_pipeline_without_data_says_how_to_get_it(monkeypatch, tmp_path,
     monkeypatch.chdir(tmp_path)
     assert main(["carry", "--out", str(tmp_path / "out")]) == 2
     assert "error: no CIFAR-10 data set given" in capsys.readouterr().err
+
+
+def test_the_cli_takes_data_and_checkpoints_from_resources(monkeypatch, tmp_path, capsys):
+    from pyengine.cli import main
+
+    monkeypatch.delenv(resources.DATA_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # in no checkout
+    assert main(["demo", "--n", "1"]) == 2
+    assert "pyengine demo: error: no CIFAR-10 data set given" in capsys.readouterr().err
+    import pyengine.loading
+
+    def refuse(path, **settings):
+        raise ValueError(f"would load {path}")
+
+    monkeypatch.setattr(pyengine.loading, "load_purifier", refuse)
+    monkeypatch.setenv(resources.DATA_ENV, str(tmp_path))
+    assert main(["demo", "--checkpoint", SHIPPED.removesuffix(".safetensors")]) == 2
+    assert f"would load {resources.checkpoints_dir() / SHIPPED}" in capsys.readouterr().err
