@@ -48,7 +48,7 @@ assert Path(pyengine.__file__).resolve().is_relative_to(Path(sys.prefix).resolve
 assert _extension.extension_loaded(), _extension.extension_error()
 print(f"check_wheel: pyengine {pyengine.__version__} from {Path(pyengine.__file__).parent}, extension loaded")
 EOF
-PYENGINE_DATA=$DATA "$WORK/venv/bin/pyengine" demo --n 5 --threads 2
+PYENGINE_DATA=$DATA "$WORK/venv/bin/pyengine" demo --n 5
 # A shipped checkpoint by its name, from the installed package's data.
 "$WORK/venv/bin/pyengine" export onnx --checkpoint cifar10_preact_resnet_tiny --steps 2 --out "$WORK/model.onnx"
 "$WORK/venv/bin/pyengine" export check --onnx "$WORK/model.onnx" --trt all
