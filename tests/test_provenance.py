@@ -138,7 +138,7 @@ def test_figure_2_is_titled_by_its_measured_means_and_every_figure_has_a_footer(
     from pyengine.evaluation import figures
 
     closed = []
-    monkeypatch.setattr(figures.plt, "close", closed.append)
+    monkeypatch.setattr(figures.pyplot(), "close", closed.append)
     records = {"clean": [{"loss": 2.0}, {"loss": 4.0}],
                "pgd2": [{"loss": 3.0, "loss_purified": 1.0}, {"loss": 3.0, "loss_purified": 2.0}]}
     record = prov.provenance()
