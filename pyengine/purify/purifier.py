@@ -147,12 +147,22 @@ class Purifier(nn.Module):
             raise ValueError(f"classifier, head and bank live on different devices: {sorted(map(str, devices))}")
 
     @classmethod
-    def from_checkpoint(cls, path, *, map_location="cpu", **kwargs) -> "Purifier":
+    def from_checkpoint(cls, path, *, map_location="cpu", weights=None, **kwargs) -> "Purifier":
         """A contrastive purifier from a checkpoint holding classifier, head and bank; it
-        refuses images of another size than the checkpoint's (``image_size=None``: any)."""
-        from ..models.checkpoint import load_checkpoint
+        refuses images of another size than the checkpoint's (``image_size=None``: any).
 
-        ckpt = load_checkpoint(path, map_location=map_location)
+        A checkpoint of a user's model (``pyengine train-head --model``) reads the classifier
+        from its weights file (``weights``, else the recorded path or the file beside the
+        checkpoint), refusing another file; its image size cannot be changed.
+        """
+        from ..models.checkpoint import CheckpointError, load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location=map_location, weights=weights)
+        size = kwargs.get("image_size", ckpt.image_size)
+        if "model_source" in ckpt.manifest and size is not None and tuple(size) != ckpt.image_size:
+            raise CheckpointError(f"{path} defends {ckpt.manifest['model_source']['source']} at "
+                                  f"{ckpt.image_size[0]}x{ckpt.image_size[1]} pixels, its head and bank were trained at "
+                                  f"that size; got image_size={size!r}: train a head for the other size")
         kwargs.setdefault("bank", ckpt.aux.get("contrastive_bank"))
         kwargs.setdefault("image_size", ckpt.image_size)
         purifier = cls(ckpt.classifier, ckpt.require_head(), **kwargs)
