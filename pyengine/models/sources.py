@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -142,12 +143,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelSourceError(f"weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if zipfile.is_zipfile(path):  # torch.save's format; anything else is read as safetensors
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors, pickle and zip readers raise many types for a bad file
         raise ModelSourceError(f"cannot read weights {path}: {type(err).__name__}: {err}") from err
     for key in ("state_dict", "model"):
@@ -320,9 +321,10 @@ def load_model(source: str, *, weights: str | Path | None = None, num_classes: i
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     try:
         with torch.no_grad():
-            features, logits = model._features_and_logits(torch.rand(2, 3, *size))
-    except (RuntimeError, ValueError) as err:
-        raise ModelSourceError(f"{source} does not run on a batch of 2 images of {size[0]}x{size[1]}"
+            # Three images: purification feeds n_views x N, so a program fixed to one batch size fails here.
+            features, logits = model._features_and_logits(torch.rand(3, 3, *size))
+    except (RuntimeError, ValueError, AssertionError) as err:  # an exported program's guards assert
+        raise ModelSourceError(f"{source} does not run on a batch of 3 images of {size[0]}x{size[1]}"
                                f"{' (export it with a dynamic batch dimension)' if kind == 'exported' else ''}: "
                                f"{type(err).__name__}: {err}") from err
     model.record = {
