@@ -178,3 +178,32 @@ def test_reload_finds_checks_and_refuses(defended, data, tmp_path):
         Purifier.from_checkpoint(defended["out"], image_size=(32, 32))
     with pytest.raises(ValueError, match="built for 64x64"):
         load_purifier(defended["out"]).purify(torch.rand(1, 3, 32, 32))
+
+
+def test_command_line(defended, tmp_path, capsys):
+    from pyengine.cli import main
+
+    if defended["source"] != "timm:resnet10t":
+        pytest.skip("the commands are the same for every source: one is enough")
+    source, weights = defended["source"], str(defended["weights"])
+    out = tmp_path / "cli.safetensors"
+    common = ["--data", str(DATA / "train.zip"), "--classes", ",".join(CLASSES), "--limit", "20", "--epochs", "1",
+              "--batch-size", "10", "--out", str(out)]
+    assert main(["train-head", "--model", source, "--weights", weights, *common]) == 2
+    assert "--model needs --image-size" in capsys.readouterr().err
+    assert main(["train-head", "--model", source, "--checkpoint", str(out), *common]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["train-head", "--model", "timm:resnet81", "--weights", weights, "--image-size", "64", *common]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["train-head", "--model", source, "--weights", weights, "--image-size", "64", *common]) == 0
+    assert read_manifest(out)["class_names"] == CLASSES
+    test = ["--data", str(DATA / "test.zip"), "--n", "5", "--steps", "1"]
+    assert main(["demo", "--checkpoint", str(out), *test]) == 0
+    printed = capsys.readouterr().out
+    assert f"pyengine demo: {source} from" in printed and "robust accuracy (PGD)" in printed
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(defended["out"].read_bytes())  # a file, but not the weights
+    assert main(["demo", "--checkpoint", str(out), "--weights", str(other), *test]) == 2
+    assert "not the file this checkpoint was trained on" in capsys.readouterr().err
+    assert main(["demo", "--checkpoint", str(out), "--n", "5"]) == 2  # the default data is CIFAR-10's
+    assert "give its images with --data" in capsys.readouterr().err

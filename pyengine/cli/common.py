@@ -31,6 +31,39 @@ def add_purifier_args(p: argparse.ArgumentParser) -> None:
                         "elsewhere; SOAP runs in fp32)")
 
 
+def add_user_model_args(p: argparse.ArgumentParser) -> None:
+    """--weights and --split: for checkpoints of a user's model (``train-head --model``)."""
+    p.add_argument("--weights", type=Path, default=None,
+                   help="a user model's weights file (default: the path the checkpoint was trained with, else the "
+                        "file of that name beside it; another file than the one trained on is refused)")
+    p.add_argument("--split", default=None,
+                   help="first-level folder of --data to read (default: 'test' for CIFAR-10 checkpoints; for a "
+                        "user's model, --data as given)")
+
+
+def model_name(manifest: dict) -> str:
+    """The classifier a checkpoint holds: its registry architecture or its model source."""
+    return manifest.get("architecture") or manifest["model_source"]["source"]
+
+
+def eval_images(args, purifier, n: int | None):
+    """The labelled images ``demo`` and ``eval`` attack: CIFAR-10's test split for the shipped
+    checkpoints; for a user's model, --data in ImageFolder layout at the checkpoint's size,
+    its classes (folders named as the checkpoint's class names) labelled in its order."""
+    from ..data import load_cifar10
+    from ..image_folders import load_images
+
+    manifest = purifier.manifest
+    if "model_source" not in manifest:
+        return load_cifar10(args.data, args.split or "test", limit=n)
+    if args.data == DEFAULT_DATA:
+        from ..errors import UsageError
+
+        raise UsageError(f"{manifest['path']} defends {model_name(manifest)}: give its images with --data "
+                         "(a folder or zip of <class>/<image>)")
+    return load_images(args.data, manifest["image_size"][0], args.split, limit=n, classes=manifest["class_names"])
+
+
 def add_default_checkpoint(parser: argparse.ArgumentParser, what: str = "") -> None:
     """--checkpoint for the commands that fall back to pyengine.demo.DEFAULT_CHECKPOINT."""
     parser.add_argument("--checkpoint", type=Path, default=None,
