@@ -133,3 +133,28 @@ def test_torchvision_import_survives_a_cuda_wheel():
     import_torchvision its models build."""
     tv = need("torchvision")
     assert tv.models.get_model("resnet18", weights=None, num_classes=2).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_hooked_features_reads_a_layers_input():
+    from pyengine.models import HookedFeatures
+
+    net = tiny_net()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(HookedFeatures(net, "7", read="input").forward_features(x), net[:7](x))
+        torch.testing.assert_close(HookedFeatures(net, "7").forward_features(x), net(x))
+    with pytest.raises(ValueError, match="read must be 'output' or 'input'"):
+        HookedFeatures(net, "7", read="inputs")
+
+
+def test_registry_source_with_checkpoint_weights(tmp_path):
+    from pyengine.models import create_model
+    from pyengine.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    trained = create_model("preact_resnet_tiny").eval()
+    save_checkpoint(tmp_path / "c.safetensors", trained)
+    loaded = load_model("preact_resnet_tiny", weights=tmp_path / "c.safetensors")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained(x))

@@ -16,7 +16,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar1
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="CIFAR-10 source: cifar-10-batches-py folder, image folder or zip folder "
-                        "(default: %(default)s)")
+                        "(default: %(default)s); for a user's model (train-head --model), a folder or zip of "
+                        "<class>/<image>")
 
 
 def add_purifier_args(p: argparse.ArgumentParser) -> None:
@@ -41,17 +42,13 @@ def add_user_model_args(p: argparse.ArgumentParser) -> None:
                         "user's model, --data as given)")
 
 
-def model_name(manifest: dict) -> str:
-    """The classifier a checkpoint holds: its registry architecture or its model source."""
-    return manifest.get("architecture") or manifest["model_source"]["source"]
-
-
 def eval_images(args, purifier, n: int | None):
     """The labelled images ``demo`` and ``eval`` attack: CIFAR-10's test split for the shipped
     checkpoints; for a user's model, --data in ImageFolder layout at the checkpoint's size,
     its classes (folders named as the checkpoint's class names) labelled in its order."""
     from ..data import load_cifar10
     from ..image_folders import load_images
+    from ..models.checkpoint import model_name
 
     manifest = purifier.manifest
     if "model_source" not in manifest:

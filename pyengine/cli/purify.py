@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (add_data_args, add_default_checkpoint, add_device_arg, add_purifier_args, add_user_model_args,
-                     device, model_name, eval_images, torch_threads)
+                     device, eval_images, torch_threads)
 from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, int_in
 
 
@@ -18,6 +18,7 @@ def _purifier(args, checkpoint, map_location="cpu"):
 
 def _cmd_demo(args) -> None:
     from ..demo import default_checkpoint, run_demo
+    from ..models.checkpoint import model_name
 
     torch_threads(args)
     checkpoint = args.checkpoint or default_checkpoint()

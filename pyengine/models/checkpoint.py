@@ -172,7 +172,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         _load_part(head, tensors, "head.", path)
     if head is not None and head.in_features != getattr(classifier, "num_features", head.in_features):
         raise CheckpointError(f"checkpoint {path}: its head takes {head.in_features} features but its classifier "
-                              f"({_model_name(manifest)}) gives {classifier.num_features}")
+                              f"({model_name(manifest)}) gives {classifier.num_features}")
     aux = {k[len("aux."):]: v for k, v in tensors.items() if k.startswith("aux.")}
     return Checkpoint(classifier.to(map_location).eval(),
                       head.to(map_location).eval() if head is not None else None, manifest, aux)
@@ -191,7 +191,7 @@ def _rebuild_sourced(manifest: dict, weights) -> nn.Module:
         raise CheckpointError(f"checkpoint {manifest['path']}: {err}") from None
 
 
-def _model_name(manifest: dict) -> str:
+def model_name(manifest: dict) -> str:
     """The classifier a manifest describes: its registry architecture or its source."""
     return manifest.get("architecture") or manifest.get("model_source", {}).get("source", "?")
 

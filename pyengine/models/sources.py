@@ -280,14 +280,21 @@ def load_model(source: str, *, weights: str | Path | None = None, num_classes: i
     if kind == "registry":
         from .registry import create_model
 
-        try:
-            model = create_model(name, num_classes=num_classes or 10)
-        except ValueError as err:
-            raise ModelSourceError(f"{err}; or use torchvision:NAME, timm:NAME or a .pt2/.pt file") from None
+        if layer is not None:
+            raise ModelSourceError(f"registry model {name!r} reads its own penultimate features; drop layer")
+        state = None
         if weights is not None:  # a state dict, or a pyengine checkpoint's classifier.* tensors
             state = read_weights(weights)
             if any(k.startswith("classifier.") for k in state):
                 state = {k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")}
+            if num_classes is None and "fc.weight" in state:
+                num_classes = int(state["fc.weight"].shape[0])
+        norm = {} if mean is None and std is None else {"mean": tuple(mean), "std": tuple(std)}
+        try:
+            model = create_model(name, num_classes=num_classes or 10, **norm)
+        except ValueError as err:
+            raise ModelSourceError(f"{err}; or use torchvision:NAME, timm:NAME or a .pt2/.pt file") from None
+        if state is not None:
             load_state(model, state, str(weights))
         return model.eval().requires_grad_(False)
     digest_of = Path(name) if kind in ("exported", "torchscript") else weights
