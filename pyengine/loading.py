@@ -65,17 +65,20 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
                          "builds the purifier it defines")
     if soap:
         _check_soap_settings(path, eps_v, precision)
-        ckpt = _load(path, map_location, weights, settings)
-        return _soap(ckpt, aux, steps, soap_eps, settings)
-    if soap_eps is not None:
+    elif soap_eps is not None:
         raise ValueError(f"soap_eps (--soap-eps) applies to SOAP checkpoints (manifest 'aux_task'); {path} is "
                          "contrastive: use eps_v (--eps-v)")
     ckpt = _load(path, map_location, weights, settings)
-    given = {"steps": steps, "eps": eps_v, "precision": precision}
-    settings.setdefault("bank", ckpt.aux.get("contrastive_bank"))
     settings.setdefault("image_size", ckpt.image_size)
-    purifier = Purifier(ckpt.classifier, ckpt.require_head(), **{k: v for k, v in given.items() if v is not None},
-                        **settings)
+    if steps is not None:
+        settings["steps"] = steps
+    if soap:
+        purifier = _soap(ckpt, aux or ckpt.manifest["aux_task"], soap_eps, settings)
+    else:
+        given = {"eps": eps_v, "precision": precision}
+        settings.setdefault("bank", ckpt.aux.get("contrastive_bank"))
+        purifier = Purifier(ckpt.classifier, ckpt.require_head(), **{k: v for k, v in given.items() if v is not None},
+                            **settings)
     purifier.manifest = ckpt.manifest
     return purifier
 
@@ -100,17 +103,9 @@ def _check_soap_settings(path, eps_v, precision) -> None:
                          "where a command offers it, pass --soap-eps (soap_eps=) for one fixed radius")
 
 
-def _soap(ckpt: Checkpoint, aux: str | None, steps: int | None, soap_eps: float | None,
-          settings: dict) -> PurifierLike:
-    """Algorithm 2 at ``soap_eps``, else min-aux, with ``aux``'s (or the checkpoint's) objective."""
-    task = aux or ckpt.manifest["aux_task"]
+def _soap(ckpt: Checkpoint, task: str, soap_eps: float | None, settings: dict) -> PurifierLike:
+    """Algorithm 2 at ``soap_eps``, else min-aux, with ``task``'s objective."""
     objective = make_objective(task, ckpt.classifier, load_aux_head(ckpt, task))
-    settings.setdefault("image_size", ckpt.image_size)
-    if steps is not None:
-        settings["steps"] = steps
     if soap_eps is not None:
-        purifier = soap_purifier(ckpt.classifier, objective, eps=soap_eps, **settings)
-    else:
-        purifier = MinAuxPurifier(ckpt.classifier, objective, **settings)
-    purifier.manifest = ckpt.manifest
-    return purifier
+        return soap_purifier(ckpt.classifier, objective, eps=soap_eps, **settings)
+    return MinAuxPurifier(ckpt.classifier, objective, **settings)

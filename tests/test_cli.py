@@ -124,13 +124,13 @@ def _built_by(argv, monkeypatch, where, name, pick=lambda *a, **k: a[0]):
     return built.value.args[0]
 
 
-def purifiers_of_every_command(monkeypatch, tmp_path, *flags):
+def purifiers_of_every_command(monkeypatch, tmp_path, *flags, checkpoint=STANDARD_CHECKPOINT):
     """The purifier each command builds from the same checkpoint with the same ``flags``."""
     from pyengine import batch, demo, evaluation
     from pyengine.deploy import onnx_export
 
     data = write_cifar_zips(tmp_path / "cifar10", train_per_class=1, test_per_class=1)
-    ckpt = ["--checkpoint", STANDARD_CHECKPOINT]
+    ckpt = ["--checkpoint", checkpoint]
     return {
         "purify": _built_by(["purify", tmp_path, *ckpt, "--out", tmp_path / "p", *flags], monkeypatch, batch,
                             "purify_images"),
@@ -140,6 +140,17 @@ def purifiers_of_every_command(monkeypatch, tmp_path, *flags):
         "export onnx": _built_by(["export", "onnx", *ckpt, "--out", tmp_path / "m.onnx", *flags], monkeypatch,
                                  onnx_export, "export_onnx"),
     }
+
+
+def soap_checkpoint(path: Path) -> Path:
+    from pyengine import create_model, save_checkpoint
+    from pyengine.models.aux_heads import RotationHead
+    from pyengine.soap import aux_manifest
+
+    torch.manual_seed(0)
+    model = create_model("preact_resnet_tiny").eval()
+    head = RotationHead(model.num_features)
+    return save_checkpoint(path, model, aux={"rotation": head}, **aux_manifest("rotation", 0.5, 0.1, head))
 
 
 def settings(purifier) -> tuple:
@@ -198,3 +209,25 @@ def test_every_flag_is_read_by_its_command():
     unread = {f"{prog} {action.option_strings or action.dest}" for prog, action in every_action(build_parser())
               if action.dest not in read and action.dest not in ("help", "command")}
     assert not unread
+
+
+def test_a_soap_checkpoint_gives_the_same_min_aux_purifier_in_every_command(monkeypatch, tmp_path):
+    from pyengine.soap import SOAP_STEP_SIZE, SOAP_STEPS, MinAuxPurifier
+
+    soap = soap_checkpoint(tmp_path / "soap.safetensors")
+    built = purifiers_of_every_command(monkeypatch, tmp_path, checkpoint=soap)
+    reference = load_purifier(soap)
+    assert isinstance(reference, MinAuxPurifier)
+    assert settings(reference) == (SOAP_STEPS, 40 / 255, SOAP_STEP_SIZE, False)
+    for name, purifier in built.items():
+        assert isinstance(purifier, MinAuxPurifier), name
+        assert (settings(purifier), purifier.radii) == (settings(reference), reference.radii), name
+
+
+def test_what_the_factory_builds_is_purifier_like(tmp_path):
+    from pyengine import PurifierLike
+
+    for purifier in (load_purifier(STANDARD_CHECKPOINT), load_purifier(soap_checkpoint(tmp_path / "s.safetensors")),
+                     load_purifier(tmp_path / "s.safetensors", soap_eps=8 / 255)):
+        assert isinstance(purifier, PurifierLike) and purifier.manifest["architecture"] == "preact_resnet_tiny"
+    assert not isinstance(torch.nn.Linear(2, 2), PurifierLike)
