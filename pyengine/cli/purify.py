@@ -130,4 +130,4 @@ def register(sub) -> None:
                    help="resize each image's shorter side to the model's size and crop the centre (default: "
                         "images of another size are refused)")
     p.add_argument("--weights", type=Path, default=None, help="a user model's weights file (see demo --help)")
-    p.set_defaults(func=_cmd_purify, split=None)
+    p.set_defaults(func=_cmd_purify)
