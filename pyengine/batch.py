@@ -46,6 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .data import CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, _decode, read_member
+from .image_folders import fit
 from .distributed import barrier
 from .evaluation.runner import shard
 from .provenance import provenance, relative_path, utc_now
@@ -65,9 +66,11 @@ class ImageSource:
     location: Path
     paths: tuple[str, ...]
     labels: tuple[int, ...] | None
+    resize: int | None = None  # read() fits each image to resize x resize (shorter side, centre crop)
 
     @classmethod
-    def open(cls, location: str | Path) -> "ImageSource":
+    def open(cls, location: str | Path, *, class_names: tuple[str, ...] = CIFAR10_CLASSES,
+             resize: int | None = None) -> "ImageSource":
         location = Path(location).expanduser()
         if not location.exists():
             raise DataError(f"image source not found: {location}")
@@ -97,9 +100,9 @@ class ImageSource:
                 raise DataError(f"{location}: {outputs[target]!r} and {path!r} would both be written as {target!r}")
             outputs[target] = path
         parents = [PurePosixPath(p).parent.name for p in paths]
-        labels = (tuple(CIFAR10_CLASSES.index(c) for c in parents)
-                  if all(c in CIFAR10_CLASSES for c in parents) else None)
-        return cls(location, paths, labels)
+        labels = (tuple(class_names.index(c) for c in parents)
+                  if all(c in class_names for c in parents) else None)
+        return cls(location, paths, labels, resize)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -131,7 +134,7 @@ class ImageSource:
                     expected = (h, w)
                 if (h, w) != tuple(expected):
                     raise DataError(f"{self.where(i)} is {w}x{h} pixels but {what} {expected[1]}x{expected[0]}; "
-                                    "resize the images first")
+                                    "resize the images first (pyengine purify --resize fits them to the model)")
         finally:
             if zf is not None:
                 zf.close()
@@ -167,7 +170,10 @@ class ImageSource:
         for k, data in enumerate(raw):
             if hashlib.sha256(data).hexdigest() != self.file_digests[start + k]:
                 raise DataError(f"{self.where(start + k)} changed while it was being purified; run the command again")
-        return torch.from_numpy(np.stack([_decode(r, self.where(start + k)) for k, r in enumerate(raw)]))
+        decoded = [_decode(r, self.where(start + k)) for k, r in enumerate(raw)]
+        if self.resize is not None:
+            decoded = [fit(image, self.resize) for image in decoded]
+        return torch.from_numpy(np.stack(decoded))
 
 
 def output_name(path: str) -> str:
@@ -176,9 +182,11 @@ def output_name(path: str) -> str:
 
 
 def model_input_size(purifier) -> tuple[int, int] | None:
-    """(H, W) of a registered architecture, None for other classifiers."""
+    """(H, W) the purifier takes (its checkpoint's), else a registered architecture's, else None."""
     from .models import model_config
 
+    if getattr(purifier, "image_size", None) is not None:
+        return tuple(purifier.image_size)
     name = getattr(purifier.classifier, "model_name", None)
     if name is None:
         return None
@@ -190,22 +198,31 @@ def model_input_size(purifier) -> tuple[int, int] | None:
 
 def purify_images(purifier, source: str | Path | ImageSource, out: str | Path, *, batch_size: int = 100,
                   seed: int = 0, rank: int = 0, world_size: int = 1, settings: dict | None = None,
-                  progress: bool = True) -> dict | None:
+                  progress: bool = True, resize: bool = False) -> dict | None:
     """Purify (this rank's share of) ``source`` into ``out``; rank 0 then merges every rank's
     batches into ``predictions.csv`` and ``summary.json``. Returns the summary on rank 0, None
     elsewhere. ``settings`` are recorded in ``out/config.json`` and join the key that guards
     ``out`` against mixing runs, but for the ``UNHASHED`` ones (e.g. ``checkpoint``, a path:
-    the weights are keyed by content).
+    the weights are keyed by content). ``resize`` fits every image to the model's size
+    (shorter side resized, centre crop) instead of refusing other sizes. Labels come from
+    folders named as the checkpoint's ``class_names`` (CIFAR-10's by default).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size), got rank={rank}, world_size={world_size}")
     started = utc_now()
-    source = source if isinstance(source, ImageSource) else ImageSource.open(source)
-    source.check_sizes(model_input_size(purifier))
+    size = model_input_size(purifier)
+    if resize and (size is None or size[0] != size[1]):
+        raise ValueError(f"resize needs a model of square input size, got {size}")
+    names = tuple(_class_names(purifier))
+    source = (source if isinstance(source, ImageSource)
+              else ImageSource.open(source, class_names=names, resize=size[0] if resize else None))
+    if source.resize is None:
+        source.check_sizes(size)
     out = Path(out)
     recorded = {"batch_size": batch_size, "seed": seed, "purifier": purifier.extra_repr(), **(settings or {}),
+                **({"resize": source.resize} if source.resize else {}),
                 "inputs_sha256": source.digest, "weights_sha256": weights_digest(purifier)}
     hashed = {k: v for k, v in recorded.items() if k not in UNHASHED}
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -246,11 +263,11 @@ def _purify_batch(purifier, source: ImageSource, start: int, stop: int, seed: in
         buffer = io.BytesIO()
         Image.fromarray(pixels[k]).save(buffer, format="PNG")
         write_atomic(target, buffer.getvalue())
-        row = {"path": source.paths[i], "prediction": _class_name(int(logits[k].argmax()), logits.shape[1]),
+        row = {"path": source.paths[i], "prediction": _class_names(purifier, logits.shape[1])[int(logits[k].argmax())],
                "loss_before": float(before[k]), "loss_after": float(result.loss_trace[-1, k]),
                "png_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
         if source.labels is not None:
-            row["label"] = CIFAR10_CLASSES[source.labels[i]]
+            row["label"] = _class_names(purifier, logits.shape[1])[source.labels[i]]
         rows.append(row)
     return rows
 
@@ -295,8 +312,14 @@ def csv_text(value: str) -> str:
     return f"'{value}" if value.startswith(("=", "+", "-", "@", "\t", "\r")) else value
 
 
-def _class_name(k: int, num_classes: int) -> str:
-    return CIFAR10_CLASSES[k] if num_classes == len(CIFAR10_CLASSES) else str(k)
+def _class_names(purifier, num_classes: int | None = None) -> list[str]:
+    """The checkpoint's class names, else CIFAR-10's for 10 classes, else the indices."""
+    names = (getattr(purifier, "manifest", None) or {}).get("class_names")
+    if names:
+        return list(names)
+    if num_classes is None or num_classes == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return [str(k) for k in range(num_classes)]
 
 
 def _part_path(out: Path, batch: int) -> Path:

@@ -45,17 +45,18 @@ class DataError(ValueError):
 
 @dataclass
 class ImageSet:
-    """Images as uint8 [N, 3, H, W] with int64 labels [N]."""
+    """Images as uint8 [N, 3, H, W] with int64 labels [N] (``class_names[label]``, where known)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    class_names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return self.labels.numel()
 
     def subset(self, n: int | None = None, *, offset: int = 0) -> "ImageSet":
         end = len(self) if n is None else min(len(self), offset + n)
-        return ImageSet(self.images[offset:end], self.labels[offset:end])
+        return ImageSet(self.images[offset:end], self.labels[offset:end], self.class_names)
 
     def float_images(self) -> torch.Tensor:
         """All images as float32 in [0, 1]."""
@@ -64,7 +65,7 @@ class ImageSet:
     def to(self, device: str | torch.device) -> "ImageSet":
         """The same set on ``device``: batches are then gathered, converted and augmented
         there (CIFAR-10's 150 MB of uint8 fit any GPU), with no host-to-device copy per batch."""
-        return ImageSet(self.images.to(device), self.labels.to(device))
+        return ImageSet(self.images.to(device), self.labels.to(device), self.class_names)
 
     def batches(self, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -115,14 +116,14 @@ def load_cifar10(path: str | Path, split: str = "test", *, limit: int | None = N
     return _load_folder(path, limit)
 
 
-def _interleave_order(labels: torch.Tensor) -> torch.Tensor:
+def _interleave_order(labels: torch.Tensor, num_classes: int = len(CIFAR10_CLASSES)) -> torch.Tensor:
     """Indices putting ``labels`` in interleaved class order (stable within each class)."""
     by_class = torch.argsort(labels, stable=True)
-    counts = torch.bincount(labels, minlength=len(CIFAR10_CLASSES))
+    counts = torch.bincount(labels, minlength=num_classes)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(labels)
     rank[by_class] = torch.arange(len(labels)) - starts[labels[by_class]]
-    return torch.argsort(rank * len(CIFAR10_CLASSES) + labels)
+    return torch.argsort(rank * num_classes + labels)
 
 
 def _interleave_classes(data: ImageSet) -> ImageSet:

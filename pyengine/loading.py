@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .models.checkpoint import Checkpoint, load_checkpoint, read_manifest
+from .models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_manifest
 from .purify import Purifier, PurifierLike
 from .soap.checkpoint import load_aux_head
 from .soap.objectives import make_objective
@@ -23,7 +23,8 @@ KINDS = ("contrastive", "soap")
 
 def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = None,
                   eps_v: float | None = None, precision: str | None = None, soap_eps: float | None = None,
-                  aux: str | None = None, kind: str | None = None, **settings) -> PurifierLike:
+                  aux: str | None = None, kind: str | None = None, weights: str | Path | None = None,
+                  **settings) -> PurifierLike:
     """The purifier a checkpoint defines, carrying its ``manifest``.
 
     A checkpoint with an ``aux_task`` (or any, with ``aux``) gives SOAP's
@@ -40,6 +41,10 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
         aux: the SOAP objective (default: the checkpoint's ``aux_task``; ``"consistency"``
             needs no head, so it purifies any classifier checkpoint).
         kind: ``"contrastive"`` or ``"soap"`` to refuse a checkpoint of the other kind.
+        weights: for a checkpoint of a user's model (``pyengine train-head --model``), its
+            weights file (default: the path it was trained with, else the file of that name
+            beside the checkpoint); a file with another sha256 is refused, and so is an
+            ``image_size`` other than the one its head was trained at.
         settings: further keyword arguments of :class:`~pyengine.purify.Purifier` (e.g.
             ``cuda_graph``, ``channels_last``, ``compile``, ``seed``, ``step_size``) or, for
             SOAP, of :class:`~pyengine.soap.MinAuxPurifier` / :func:`~pyengine.soap.soap_purifier`
@@ -63,7 +68,7 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
     elif soap_eps is not None:
         raise ValueError(f"soap_eps (--soap-eps) applies to SOAP checkpoints (manifest 'aux_task'); {path} is "
                          "contrastive: use eps_v (--eps-v)")
-    ckpt = load_checkpoint(path, map_location=map_location)
+    ckpt = _load(path, map_location, weights, settings)
     settings.setdefault("image_size", ckpt.image_size)
     if steps is not None:
         settings["steps"] = steps
@@ -76,6 +81,17 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
                             **settings)
     purifier.manifest = ckpt.manifest
     return purifier
+
+
+def _load(path, map_location, weights, settings: dict) -> Checkpoint:
+    """The checkpoint; for a user's model, refusing another image size than its head's."""
+    ckpt = load_checkpoint(path, map_location=map_location, weights=weights)
+    size = settings.get("image_size", ckpt.image_size)
+    if "model_source" in ckpt.manifest and size is not None and tuple(size) != ckpt.image_size:
+        raise CheckpointError(f"{path} defends {ckpt.manifest['model_source']['source']} at "
+                              f"{ckpt.image_size[0]}x{ckpt.image_size[1]} pixels, where its head and bank were "
+                              f"trained; got image_size={size!r}: train a head at the other size")
+    return ckpt
 
 
 def _check_soap_settings(path, eps_v, precision) -> None:

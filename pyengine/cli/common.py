@@ -15,7 +15,8 @@ PURIFIER_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="CIFAR-10 source: cifar-10-batches-py folder, image folder or zip folder (default: "
-                        "$PYENGINE_DATA, else ../shared/data/cifar10 beside the pyengine checkout you are in)")
+                        "$PYENGINE_DATA, else ../shared/data/cifar10 beside the pyengine checkout you are in); for a "
+                        "user's model (train-head --model), a folder or zip of <class>/<image>")
 
 
 def resolve_locations(args) -> None:
@@ -40,6 +41,35 @@ def add_purifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PURIFIER_PRECISIONS, default=None,
                    help="the contrastive purifier's backbone precision (default: auto, bf16 on CUDA and fp32 "
                         "elsewhere; SOAP runs in fp32)")
+
+
+def add_user_model_args(p: argparse.ArgumentParser) -> None:
+    """--weights and --split: for checkpoints of a user's model (``train-head --model``)."""
+    p.add_argument("--weights", type=Path, default=None,
+                   help="a user model's weights file (default: the path the checkpoint was trained with, else the "
+                        "file of that name beside it; another file than the one trained on is refused)")
+    p.add_argument("--split", default=None,
+                   help="first-level folder of --data to read (default: 'test' for CIFAR-10 checkpoints; for a "
+                        "user's model, --data as given)")
+
+
+def eval_images(args, purifier, n: int | None):
+    """The labelled images ``demo`` and ``eval`` attack: CIFAR-10's test split for the shipped
+    checkpoints; for a user's model, --data in ImageFolder layout at the checkpoint's size,
+    its classes (folders named as the checkpoint's class names) labelled in its order."""
+    from ..data import load_cifar10
+    from ..image_folders import load_images
+    from ..models.checkpoint import model_name
+
+    manifest = purifier.manifest
+    if "model_source" not in manifest:
+        return load_cifar10(args.data, args.split or "test", limit=n)
+    if args.data == DEFAULT_DATA:
+        from ..errors import UsageError
+
+        raise UsageError(f"{manifest['path']} defends {model_name(manifest)}: give its images with --data "
+                         "(a folder or zip of <class>/<image>)")
+    return load_images(args.data, manifest["image_size"][0], args.split, limit=n, classes=manifest["class_names"])
 
 
 def add_default_checkpoint(parser: argparse.ArgumentParser, what: str = "") -> None:

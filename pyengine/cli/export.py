@@ -22,7 +22,8 @@ def _cmd_onnx(args) -> None:
     from ..soap import MinAuxPurifier
 
     check_output_file(args.out)
-    purifier = load_purifier(args.checkpoint, steps=args.steps, eps_v=args.eps_v, soap_eps=args.soap_eps)
+    purifier = load_purifier(args.checkpoint, steps=args.steps, eps_v=args.eps_v, soap_eps=args.soap_eps,
+                             weights=args.weights)
     min_aux = isinstance(purifier, MinAuxPurifier)
     if min_aux and args.one_step:
         raise UsageError("SOAP's min-aux selection has no one-step form (it compares every radius after T "
@@ -73,6 +74,8 @@ def register(sub) -> None:
 
     p = commands.add_parser("onnx", help="purify (K steps with explicit gradients) + classify as one ONNX model")
     p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--weights", type=Path, default=None,
+                   help="a user model's weights file (default: the recorded path, else beside the checkpoint)")
     p.add_argument("--steps", type=int_in(1, 10_000), default=None,
                    help="K: purification steps (default: the engine's, K = 40; SOAP checkpoints: T = 5)")
     p.add_argument("--batch", type=int_in(1, 4096), default=1, help="N, fixed in the graph (default: %(default)s)")
@@ -80,7 +83,7 @@ def register(sub) -> None:
                    help="13..18; TensorRT 8.5/8.6 read up to 17 (default: %(default)s)")
     p.add_argument("--one-step", action="store_true", help="export one step that the runtime calls K times")
     p.add_argument("--image-size", type=int_in(1, 4096), nargs=2, metavar=("H", "W"), default=None,
-                   help="default: the architecture's input size")
+                   help="default: the checkpoint's image size (for the shipped ones, the architecture's)")
     p.add_argument("--eps-v", type=RADIUS, default=None,
                    help="contrastive purification radius, step eps_v / 8 (default: the engine's 16/255)")
     p.add_argument("--soap-eps", type=RADIUS, default=None,

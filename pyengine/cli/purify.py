@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (add_data_args, add_default_checkpoint, add_device_arg, add_purifier_args, device,
-                     torch_threads)
+from .common import (add_data_args, add_default_checkpoint, add_device_arg, add_purifier_args, add_user_model_args,
+                     device, eval_images, torch_threads)
 from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, int_in
 
 
@@ -13,20 +13,20 @@ def _purifier(args, checkpoint, map_location="cpu"):
     from ..loading import load_purifier
 
     return load_purifier(checkpoint, map_location=map_location, steps=args.steps, eps_v=args.eps_v,
-                         precision=args.precision)
+                         precision=args.precision, weights=args.weights)
 
 
 def _cmd_demo(args) -> None:
-    from ..data import load_cifar10
     from ..demo import default_checkpoint, run_demo
+    from ..models.checkpoint import model_name
 
     torch_threads(args)
     checkpoint = args.checkpoint or default_checkpoint()
     purifier = _purifier(args, checkpoint)
-    data = load_cifar10(args.data, "test", limit=args.n)
-    name = purifier.manifest["architecture"]
-    print(f"pyengine demo: {name} from {checkpoint}\n"
-          f"{len(data)} CIFAR-10 test images from {args.data}; attack: PGD-{args.attack_steps} L-inf "
+    data = eval_images(args, purifier, args.n)
+    what = "CIFAR-10 test" if "model_source" not in purifier.manifest else f"{len(data.class_names)}-class"
+    print(f"pyengine demo: {model_name(purifier.manifest)} from {checkpoint}\n"
+          f"{len(data)} {what} images from {args.data}; attack: PGD-{args.attack_steps} L-inf "
           f"eps {args.eps:.4f} on the undefended classifier (static)\n"
           f"purification: {type(purifier.objective).__name__}, {purifier.extra_repr()}")
     result = run_demo(purifier, data, attack_eps=args.eps, attack_steps=args.attack_steps,
@@ -37,7 +37,6 @@ def _cmd_demo(args) -> None:
 
 def _cmd_eval(args) -> None:
     from ..attacks import expand_specs
-    from ..data import load_cifar10
     from ..demo import DEFAULT_CHECKPOINT
     from ..distributed import world
     from ..evaluation import EvalConfig, evaluate, markdown_table
@@ -47,9 +46,9 @@ def _cmd_eval(args) -> None:
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     config = EvalConfig(attacks=expand_specs(args.attacks), eps=args.eps, norm=args.norm,
                         n=args.n, batch_size=args.batch_size, seed=args.seed, checkpoint=str(checkpoint))
-    data = load_cifar10(args.data, "test", limit=args.n)
     with world(args.device) as w:
         purifier = _purifier(args, checkpoint, w.device)
+        data = eval_images(args, purifier, args.n)
         summary = evaluate(purifier, data, config, args.out, rank=w.rank, world_size=w.world_size,
                            figure_images=args.figures, manifest=purifier.manifest)
     if summary is None:
@@ -70,7 +69,8 @@ def _cmd_purify(args) -> None:
     with world(args.device) as w:
         purifier = _purifier(args, checkpoint, w.device)
         summary = purify_images(purifier, args.input, args.out, batch_size=args.batch_size, seed=args.seed,
-                                rank=w.rank, world_size=w.world_size, settings={"checkpoint": str(checkpoint)})
+                                rank=w.rank, world_size=w.world_size, settings={"checkpoint": str(checkpoint)},
+                                resize=args.resize)
     if summary is None:
         return
     accuracy = "" if summary["accuracy"] is None else f", accuracy {summary['accuracy']:.1%}"
@@ -91,6 +91,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--threads", type=THREADS, default=None)
     add_data_args(p)
+    add_user_model_args(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="static and adaptive attacks on the purified classifier: table, JSON, figures")
@@ -111,6 +112,7 @@ def register(sub) -> None:
     add_device_arg(p, "cuda under torchrun when present")
     p.add_argument("--threads", type=THREADS, default=None)
     add_data_args(p)
+    add_user_model_args(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("purify", help="purify a folder or zip of images: purified PNGs and predictions.csv")
@@ -124,4 +126,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     add_device_arg(p, "cuda under torchrun when present")
     p.add_argument("--threads", type=THREADS, default=None)
+    p.add_argument("--resize", action="store_true",
+                   help="resize each image's shorter side to the model's size and crop the centre (default: "
+                        "images of another size are refused)")
+    p.add_argument("--weights", type=Path, default=None, help="a user model's weights file (see demo --help)")
     p.set_defaults(func=_cmd_purify)

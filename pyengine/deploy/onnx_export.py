@@ -100,6 +100,8 @@ def downgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             node.attribute.append(helper.make_attribute("axes", axes))
         elif node.op_type == "Pad" and (len(node.input) < 4 or not node.input[3]):
             pass  # opset 18 only added the optional axes input: without it, Pad is opset 13's
+        elif node.op_type == "ScatterElements" and opset >= 16 and _reduction(node) in ("none", "add", "mul"):
+            pass  # opset 18 only added reduction max/min (max-pool backward emits add)
         elif node.op_type in _AXES_TO_ATTRIBUTE:
             for a in [a for a in node.attribute if a.name == "noop_with_empty_axes"]:
                 if a.i:
@@ -114,6 +116,10 @@ def downgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         if entry.domain in ("", "ai.onnx"):
             entry.version = opset
     return model
+
+
+def _reduction(node: onnx.NodeProto) -> str:
+    return next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
 
 
 class _Assembler:
@@ -192,6 +198,10 @@ def trace_purifier(purifier: Purifier | MinAuxPurifier, batch: int = 1, *,
     if not isinstance(purifier, Purifier) and not min_aux:
         raise TypeError(f"purifier must be a pyengine Purifier or MinAuxPurifier, got {type(purifier).__name__}")
     h, w = image_size or _default_size(purifier)
+    source = (getattr(purifier, "manifest", None) or {}).get("model_source")
+    if source and (h, w) != tuple(purifier.image_size):
+        raise ValueError(f"image_size {h}x{w}: the checkpoint defends {source['source']} at "
+                         f"{purifier.image_size[0]}x{purifier.image_size[1]} pixels only")
     objective, step = build_modules(purifier, batch, h, w)
     x = torch.rand(batch, 3, h, w)
     randoms = objective.draw(batch, h, w, generator=torch.Generator().manual_seed(0))
@@ -351,6 +361,8 @@ def _shape(value_info: onnx.ValueInfoProto) -> list[int]:
 def _default_size(purifier: Purifier) -> tuple[int, int]:
     from ..models import model_config
 
+    if getattr(purifier, "image_size", None) is not None:  # the checkpoint's, e.g. a user's model at 64 px
+        return tuple(purifier.image_size)
     name = getattr(purifier.classifier, "model_name", None)
     if name is None:
         raise ValueError("image_size is required for a classifier not built by create_model")
@@ -376,7 +388,7 @@ def _sidecar(traced: TracedPurifier, path: Path, unrolled: bool, steps: int, inp
     clf, step = purifier.classifier, purifier.step
     manifest = getattr(purifier, "manifest", {}) or {}
     norm = {"mean": clf.mean.flatten().tolist(), "std": clf.std.flatten().tolist(),
-            "applied": "inside the graph; feed images in [0, 1]"} if hasattr(clf, "mean") else None
+            "applied": "inside the graph; feed images in [0, 1]"} if getattr(clf, "mean", None) is not None else None
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": path.name,
         "form": "unrolled" if unrolled else "one_step",
@@ -393,6 +405,7 @@ def _sidecar(traced: TracedPurifier, path: Path, unrolled: bool, steps: int, inp
         "inputs": [{"name": n, "shape": s, "dtype": "float32", "doc": _INPUT_DOC.get(n, "")} for n, s in inputs],
         "outputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in outputs],
         "fp32_required": "every node outside classify/ (input gradients underflow in fp16)",
-        "source": {"architecture": getattr(clf, "model_name", None), "checkpoint": manifest.get("path"),
+        "source": {"architecture": getattr(clf, "model_name", None) or manifest.get("model_source", {}).get("source"),
+                   "checkpoint": manifest.get("path"),
                    "pyengine": _version(), "torch": torch.__version__, "onnx": onnx.__version__},
     }

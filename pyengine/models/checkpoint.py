@@ -24,6 +24,9 @@ from .head import ContrastiveHead
 from .registry import create_model, model_config
 
 FORMAT_VERSION = 1
+# Version 2: a classifier from a model source (pyengine.models.sources), referenced by its
+# weights' sha256 under ``model_source`` instead of stored under ``classifier.*``.
+SOURCED_FORMAT_VERSION = 2
 _MANIFEST_KEY = "pyengine_manifest"
 
 
@@ -62,19 +65,32 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, classifier: nn.Module, *, head: ContrastiveHead | None = None,
                     aux: dict[str, nn.Module | torch.Tensor] | None = None, **manifest) -> Path:
-    """Write ``classifier`` (a registered model), optional ``head`` and ``aux`` modules or tensors."""
+    """Write ``classifier``, optional ``head`` and ``aux`` modules or tensors.
+
+    A registered model (:func:`create_model`) is stored whole; a model from a source
+    (:func:`pyengine.models.sources.load_model`) by its ``record``: source, weights file and
+    sha256, normalisation, feature layer (the weights stay in the user's file, which loading
+    checks against the digest).
+    """
     path = Path(path)
     name = getattr(classifier, "model_name", None)
-    if name is None:
-        raise CheckpointError("save_checkpoint needs a model built by create_model (it records the name)")
-    tensors = {f"classifier.{k}": v for k, v in classifier.state_dict().items()}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "architecture": name,
-        "num_classes": classifier.fc.out_features,
-        "normalization": {"mean": classifier.mean.flatten().tolist(), "std": classifier.std.flatten().tolist()},
-        **manifest,
-    }
+    record = getattr(classifier, "record", None)
+    if record is not None:
+        tensors = {}
+        manifest = {"format_version": SOURCED_FORMAT_VERSION, "model_source": record,
+                    "num_classes": record["num_classes"], "normalization": record["normalization"], **manifest}
+    elif name is None:
+        raise CheckpointError("save_checkpoint needs a model built by create_model (it records the name) "
+                              "or by pyengine.models.sources.load_model")
+    else:
+        tensors = {f"classifier.{k}": v for k, v in classifier.state_dict().items()}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "architecture": name,
+            "num_classes": classifier.fc.out_features,
+            "normalization": {"mean": classifier.mean.flatten().tolist(), "std": classifier.std.flatten().tolist()},
+            **manifest,
+        }
     if head is not None:
         tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
         manifest["head"] = {"in_features": head.in_features, "hidden": head.hidden,
@@ -112,15 +128,21 @@ def read_manifest(path: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"corrupt manifest in {path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if not isinstance(version, int) or not 1 <= version <= SOURCED_FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {version!r}; this pyengine reads "
-                              f"versions 1..{FORMAT_VERSION}")
+                              f"versions 1..{SOURCED_FORMAT_VERSION}")
     manifest["path"] = str(path)
     return manifest
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild classifier (eval mode), head and auxiliary tensors from ``path``."""
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
+                    weights: str | Path | None = None) -> Checkpoint:
+    """Rebuild classifier (eval mode), head and auxiliary tensors from ``path``.
+
+    A checkpoint of a sourced model (``model_source``) rebuilds it from its weights file:
+    ``weights`` when given, else the recorded path, else the file of that name beside the
+    checkpoint; a file whose sha256 is not the recorded one is refused.
+    """
     manifest = read_manifest(path)
     try:
         tensors = load_file(str(manifest["path"]), device=str(map_location))
@@ -132,24 +154,46 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     tensors = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in tensors.items()}
     head = None
     try:
-        norm = manifest["normalization"]
-        classifier = create_model(manifest["architecture"], num_classes=manifest["num_classes"],
-                                  mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        if "model_source" in manifest:
+            classifier = _rebuild_sourced(manifest, weights)
+        else:
+            norm = manifest["normalization"]
+            classifier = create_model(manifest["architecture"], num_classes=manifest["num_classes"],
+                                      mean=tuple(norm["mean"]), std=tuple(norm["std"]))
         if "head" in manifest:
             h = manifest["head"]
             head = ContrastiveHead(h["in_features"], h["hidden"], h["out_features"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild its modules from the manifest: "
                               f"{type(err).__name__}: {err}") from err
-    _load_part(classifier, tensors, "classifier.", path)
+    if "model_source" not in manifest:
+        _load_part(classifier, tensors, "classifier.", path)
     if head is not None:
         _load_part(head, tensors, "head.", path)
     if head is not None and head.in_features != getattr(classifier, "num_features", head.in_features):
         raise CheckpointError(f"checkpoint {path}: its head takes {head.in_features} features but its classifier "
-                              f"({manifest['architecture']}) gives {classifier.num_features}")
+                              f"({model_name(manifest)}) gives {classifier.num_features}")
     aux = {k[len("aux."):]: v for k, v in tensors.items() if k.startswith("aux.")}
     return Checkpoint(classifier.to(map_location).eval(),
                       head.to(map_location).eval() if head is not None else None, manifest, aux)
+
+
+def _rebuild_sourced(manifest: dict, weights) -> nn.Module:
+    from .sources import ModelSourceError, rebuild
+
+    size = manifest.get("image_size")
+    if not isinstance(size, list) or len(size) != 2:
+        raise CheckpointError(f"checkpoint {manifest['path']}: a sourced model's manifest needs image_size [H, W], "
+                              f"got {size!r}")
+    try:
+        return rebuild(manifest["model_source"], Path(manifest["path"]), tuple(size), weights)
+    except ModelSourceError as err:
+        raise CheckpointError(f"checkpoint {manifest['path']}: {err}") from None
+
+
+def model_name(manifest: dict) -> str:
+    """The classifier a manifest describes: its registry architecture or its source."""
+    return manifest.get("architecture") or manifest.get("model_source", {}).get("source", "?")
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:

@@ -21,6 +21,8 @@ class HookedFeatures(nn.Module):
     Args:
         model: any classifier mapping images to logits [N, num_classes].
         layer: a name from ``model.named_modules()``, e.g. ``"layer4"`` or ``"features.7"``.
+        read: ``"output"`` (default) reads the layer's output; ``"input"`` its first input,
+            e.g. the pooled features entering the final ``nn.Linear`` classifier.
         mean, std: per-channel normalisation the model expects; when given, inputs in [0, 1]
             are mapped to ``(x - mean) / std`` before the model. Give both or neither.
 
@@ -35,7 +37,7 @@ class HookedFeatures(nn.Module):
     """
 
     def __init__(self, model: nn.Module, layer: str, *, mean: Sequence[float] | torch.Tensor | None = None,
-                 std: Sequence[float] | torch.Tensor | None = None):
+                 std: Sequence[float] | torch.Tensor | None = None, read: str = "output"):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"HookedFeatures: model must be an nn.Module, got {type(model).__name__}")
@@ -48,8 +50,10 @@ class HookedFeatures(nn.Module):
             raise ValueError(f"HookedFeatures: unknown layer {layer!r}{hint} "
                              f"({type(model).__name__} has {len(names)} named modules; "
                              "see model.named_modules())")
+        if read not in ("output", "input"):
+            raise ValueError(f"HookedFeatures: read must be 'output' or 'input', got {read!r}")
         self.model = model
-        self.layer = layer
+        self.layer, self.read = layer, read
         self.num_features: int | None = None
         if (mean is None) != (std is None):
             raise ValueError("HookedFeatures: give both mean and std, or neither "
@@ -99,9 +103,11 @@ class HookedFeatures(nn.Module):
         def hook(module, inputs, output):
             if threading.get_ident() != caller:
                 return  # another thread's forward through the same module
+            if self.read == "input":
+                output = inputs[0] if inputs else None
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"HookedFeatures: layer {self.layer!r} returned {type(output).__name__}, "
-                                "expected a Tensor; hook a layer that outputs one")
+                raise TypeError(f"HookedFeatures: layer {self.layer!r} {self.read} is {type(output).__name__}, "
+                                f"expected a Tensor; hook a layer whose {self.read} is one")
             captured[:] = [output.clone()]
 
         handle = self.model.get_submodule(self.layer).register_forward_hook(hook)
@@ -120,4 +126,4 @@ class HookedFeatures(nn.Module):
         return features, logits
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer!r}, num_features={self.num_features}"
+        return f"layer={self.layer!r}, read={self.read!r}, num_features={self.num_features}"
