@@ -16,7 +16,8 @@
 #error "the AVX2 kernel builds need GCC's #pragma GCC target; build with PYENGINE_CPU_DISPATCH=0"
 #endif
 // The headers ATen/cpu/vec includes besides its own, parsed here for the baseline so that their
-// inline functions (outside at::vec's CPU_CAPABILITY namespace) get no AVX2 copy.
+// inline functions (outside at::vec's CPU_CAPABILITY namespace) get no AVX2 copy; with another
+// torch, scripts/check_cpu_dispatch.py finds any header that slipped past this list.
 #include <ATen/AccumulateType.h>
 #include <ATen/NumericUtils.h>
 #include <ATen/native/Math.h>

@@ -1,4 +1,5 @@
-// CPU kernels of sample_views (semantics: sample_views_reference in pyengine/ops/view_sampling.py).
+// CPU kernels of sample_views (semantics: sample_views_reference in pyengine/ops/view_sampling.py);
+// the per-view and per-pixel math is ../sample_views_math.h, shared with the CUDA kernels.
 //
 // Forward: one task per view. Pass 1 samples the view bilinearly and keeps the brightness
 // pre-clamp values a1 in a per-thread buffer while reducing the contrast mean; pass 2 runs the

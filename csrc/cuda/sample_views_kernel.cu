@@ -1,4 +1,5 @@
-// CUDA kernels of sample_views (semantics: sample_views_reference in pyengine/ops/view_sampling.py).
+// CUDA kernels of sample_views (semantics: sample_views_reference in pyengine/ops/view_sampling.py);
+// the per-view and per-pixel math is ../sample_views_math.h, shared with the CPU kernels.
 //
 // One block per view, with the passes of the CPU kernel. The view is not staged in shared
 // memory: each pass recomputes a pixel's bilinear sample from x (12 loads that hit L1/L2), so
