@@ -67,6 +67,8 @@ void check_views_backward(const at::Tensor& grad, const at::Tensor& x, const at:
 TORCH_LIBRARY_FRAGMENT(pyengine, m) {
   m.def(
       "sample_views(Tensor x, Tensor params, int out_h, int out_w, ScalarType? out_dtype, bool channels_last) "
-      "-> Tensor");
-  m.def("_sample_views_backward(Tensor grad, Tensor x, Tensor params, int out_h, int out_w) -> Tensor");
+      "-> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def("_sample_views_backward(Tensor grad, Tensor x, Tensor params, int out_h, int out_w) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }

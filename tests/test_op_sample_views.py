@@ -1,4 +1,5 @@
 """torch.ops.pyengine.sample_views against sample_views_reference (the specification)."""
+import contextlib
 import math
 
 import pytest
@@ -208,6 +209,33 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(got, want)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(warn_only=False):
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_cpu_backward_is_deterministic():
+    """Per-view tasks and one task per (image, channel) plane summing views in order: the same bits
+    for any thread count, and no alert under deterministic mode."""
+    x, p = inputs(3, 4, 40, 40, seed=1)
+    grad = torch.randn(12, 3, 128, 128, generator=torch.Generator().manual_seed(2))  # one view per task
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        with deterministic_algorithms():
+            for n in (1, 3):
+                torch.set_num_threads(n)
+                results.append(torch.ops.pyengine._sample_views_backward(grad, x, p, 128, 128))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
 @cuda_only
 @pytest.mark.parametrize("size", SIZES + [(2, 2, 96, 80, 112, 100)])
 def test_cuda_matches_reference(size):
@@ -263,3 +291,15 @@ def test_cuda_opcheck_errors_and_empty():
     x64, p64 = smooth_case("cuda")
     # atomicAdd order varies between backward runs.
     assert torch.autograd.gradcheck(lambda t: fused(t, p64, 4, 7), (x64,), nondet_tol=1e-12)
+
+
+@cuda_only
+def test_cuda_backward_alerts_under_deterministic_mode():
+    x, p = inputs(2, 2, 8, 8, device="cuda")
+    x.requires_grad_()
+    with deterministic_algorithms():
+        with pytest.raises(RuntimeError, match=r"sample_views_backward \(CUDA\) does not have a deterministic"):
+            fused(x, p, 6, 6).sum().backward()
+    with deterministic_algorithms(warn_only=True):
+        with pytest.warns(UserWarning, match=r"sample_views_backward \(CUDA\) does not have a deterministic"):
+            torch.ops.pyengine._sample_views_backward(torch.ones(4, 3, 6, 6, device="cuda"), x.detach(), p, 6, 6)

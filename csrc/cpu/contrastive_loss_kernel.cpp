@@ -20,8 +20,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -31,8 +29,12 @@
 #include <vector>
 
 #include "../checks.h"
+#include "capability.h"  // last but the vector headers: what follows may compile for AVX2
 
-namespace pyengine::ops {
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+namespace pyengine::ops::CPU_CAPABILITY {
 
 namespace {
 
@@ -261,9 +263,12 @@ at::Tensor contrastive_loss_backward_cpu(const at::Tensor& grad_in, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyengine, CPU, m) {
+// This build's kernels; the baseline build registers those of the build that serves the process.
+void register_contrastive_loss(torch::Library& m) {
   m.impl("contrastive_loss", &contrastive_loss_cpu);
   m.impl("_contrastive_loss_backward", &contrastive_loss_backward_cpu);
 }
 
-}  // namespace pyengine::ops
+}  // namespace pyengine::ops::CPU_CAPABILITY
+
+PYENGINE_REGISTER_CPU_KERNELS(register_contrastive_loss)

@@ -10,8 +10,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -22,8 +20,12 @@
 
 #include "../checks.h"
 #include "../projection_step_math.h"
+#include "capability.h"  // last but the vector headers: what follows may compile for AVX2
 
-namespace pyengine::ops {
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+namespace pyengine::ops::CPU_CAPABILITY {
 
 namespace {
 
@@ -204,10 +206,13 @@ std::tuple<at::Tensor, at::Tensor> projection_step_backward_cpu(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyengine, CPU, m) {
+// This build's kernels; the baseline build registers those of the build that serves the process.
+void register_projection_step(torch::Library& m) {
   m.impl("projection_step", &projection_step_cpu);
   m.impl("projection_step_", &projection_step_inplace_cpu);
   m.impl("_projection_step_backward", &projection_step_backward_cpu);
 }
 
-}  // namespace pyengine::ops
+}  // namespace pyengine::ops::CPU_CAPABILITY
+
+PYENGINE_REGISTER_CPU_KERNELS(register_projection_step)

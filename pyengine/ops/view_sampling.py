@@ -100,7 +100,13 @@ def sample_views_reference(x: torch.Tensor, params: torch.Tensor, out_h: int, ou
 
 def sample_views(x: torch.Tensor, params: torch.Tensor, out_h: int, out_w: int, *,
                  out_dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
-    """Differentiable in ``x``: Tensor[N, 3, H, W] -> Tensor[V*N, 3, out_h, out_w] (see module doc)."""
+    """Differentiable in ``x``: Tensor[N, 3, H, W] -> Tensor[V*N, 3, out_h, out_w] (see module doc).
+
+    Determinism: the forward and the CPU backward give the same bits on every run and for any
+    thread count. The CUDA backward sums each source pixel's taps with atomicAdd, in an order
+    that varies between runs, so under ``torch.use_deterministic_algorithms(True)`` it raises a
+    RuntimeError (a warning with ``warn_only=True``), as PyTorch's own such kernels do.
+    """
     if use_fused(x, params):
         return torch.ops.pyengine.sample_views(x, params.to(x.device, torch.float32), out_h, out_w,
                                                out_dtype, channels_last)
