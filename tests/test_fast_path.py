@@ -7,7 +7,7 @@ eager loop on the same draws and that its cache follows shapes and device moves.
 import pytest
 import torch
 
-from pyengine import Purifier, create_model
+from pyengine import Purifier, create_model, hardware
 from pyengine.models import ContrastiveHead
 from pyengine.purify import ViewSampler
 from pyengine.random import CounterRandom
@@ -32,17 +32,26 @@ def test_drawing_k_steps_at_once_equals_k_single_draws(make_rng):
     assert torch.equal(sampler.draw(5, 32, 32, generator=batched_rng, steps=4), singles)
 
 
-def test_precision_setting_is_checked_and_resolved_per_device():
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_cpu_computes_it_natively(monkeypatch, native):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    auto = make_purifier()
+    assert auto.autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if native else None)
+    assert auto.autocast_dtype(torch.device("cuda")) == torch.bfloat16
+    assert make_purifier(precision="fp32").autocast_dtype(torch.device("cpu")) is None
+    assert make_purifier(precision="bf16").autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    # An fp64 (or fp16) classifier asked for that precision: "auto" does not autocast it.
+    assert make_purifier().double().autocast_dtype(torch.device("cpu")) is None
+
+
+def test_precision_setting_is_checked():
     with pytest.raises(ValueError, match="precision must be"):
         make_purifier(precision="int8")
-    auto = make_purifier()
-    assert auto.autocast_dtype(torch.device("cpu")) is None
-    assert auto.autocast_dtype(torch.device("cuda")) == torch.bfloat16
     assert make_purifier(precision="fp16").autocast_dtype(torch.device("cpu")) == torch.float16
 
 
 def test_bf16_objective_keeps_an_fp32_loss_and_a_gradient_close_to_fp32():
-    purifier = make_purifier()
+    purifier = make_purifier(precision="fp32")
     x = torch.rand(4, 3, 32, 32, requires_grad=True)
     draws = purifier.objective.draw(x, generator=torch.Generator().manual_seed(1))
     loss32 = purifier.objective(x, draws=draws)
@@ -66,8 +75,10 @@ def test_bf16_purification_on_the_cpu_stays_in_the_ball_and_lowers_the_loss():
 
 def test_compiled_backbone_purifies_like_the_eager_one():
     # aot_eager traces forward and backward as inductor would, without its C++ compile.
-    eager, compiled = make_purifier(steps=3), make_purifier(steps=3, compile="aot_eager")
+    eager = make_purifier(steps=3, precision="fp32")
+    compiled = make_purifier(steps=3, precision="fp32", compile="aot_eager")
     x = torch.rand(2, 3, 32, 32)
+    compiled.warmup([2], image_size=(32, 32))
     a = eager.purify(x, generator=torch.Generator().manual_seed(4), return_trace=True)
     b = compiled.purify(x, generator=torch.Generator().manual_seed(4), return_trace=True)
     assert compiled.objective._compiled_features is not None
