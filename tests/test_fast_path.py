@@ -156,6 +156,23 @@ def test_parity_report_balances_disagreements_and_signs_test_them():
     assert sign_test_p(0, 0) == 1.0 and sign_test_p(10, 3) == pytest.approx(2 * 378 / 2 ** 13)
 
 
+def test_parity_checks_folding_and_early_exit_against_the_unfolded_fp32_reference():
+    from pyengine import EarlyExit
+    from pyengine.data import ImageSet
+    from pyengine.evaluation.parity import REFERENCE_PATH, check_parity, markdown
+
+    reference = make_purifier(steps=3, **REFERENCE_PATH)
+    fast = make_purifier(steps=3, precision="fp32", early_exit=EarlyExit(1e9, window=1))
+    assert reference.classifier is not fast.classifier and not hasattr(reference.classifier, "folded_batchnorms")
+    gen = torch.Generator().manual_seed(0)
+    data = ImageSet((torch.rand(5, 3, 32, 32, generator=gen) * 255).to(torch.uint8),
+                    torch.randint(0, 10, (5,), generator=gen))
+    report = check_parity(reference, fast, data, attack="pgd1", batch_size=4, robust_only=True, progress=False)
+    assert report["fast_path"]["fold_batchnorm"] and report["fast_path"]["early_exit"] == {"tolerance": 1e9, "window": 1}
+    assert report["fast_mean_steps"] == 2.0 and report["steps"] == 3  # every image stopped after window + 1 steps
+    assert "BN folding True, early exit 1e+09 over 1 steps (mean 2.0 of K = 3 steps)" in markdown(report)
+
+
 def test_cli_precision_choices_are_the_purifiers():
     from pyengine.cli import PURIFIER_PRECISIONS
     from pyengine.purify.purifier import PRECISIONS

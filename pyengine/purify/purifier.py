@@ -385,4 +385,9 @@ class Purifier(nn.Module):
     def extra_repr(self) -> str:
         return (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
                 f"cuda_graph={self.cuda_graph}, channels_last={self.channels_last}, compile={self.compile!r}, "
-                f"fold_batchnorm={self.fold_batchnorm}, early_exit={self.early_exit!r}, warm={sorted(self._warm)}")
+                f"fold_batchnorm={self.fold_batchnorm}, early_exit={self.early_exit!r}, autocast={self._resolved()}")
+
+    def _resolved(self) -> str:
+        # What "auto" means on this machine: run folders keyed by this repr never mix precisions.
+        device = _module_device(self.classifier) or torch.device("cpu")
+        return str(self.autocast_dtype(device) or "none").replace("torch.", "")
