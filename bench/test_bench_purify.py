@@ -5,9 +5,15 @@
 
 Settings from the environment: PYENGINE_BENCH_MODEL (default preact_resnet_tiny),
 PYENGINE_BENCH_STEPS (K; default 40 on CUDA, 10 on the CPU), PYENGINE_BENCH_BATCHES
-(default 1,32,128,512 on CUDA, 1,32,128 on the CPU), PYENGINE_BENCH_VARIANTS (an ablation of
-the engine's levers, e.g. ``fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-graph,bf16-nhwc-graph-compile``; default
-none). Random weights: speed does not depend on them. On CUDA each result also records the
+(default 1,32,128,512 on CUDA, 1,32 on the CPU), PYENGINE_BENCH_VARIANTS (an ablation of
+the engine's levers, each a ``-``-joined list of tokens: a precision (fp32, bf16, fp16, auto),
+then any of ``nhwc`` (channels_last), ``fold`` (batch-norm folding), ``exit`` (early exit
+with PYENGINE_BENCH_EARLY_EXIT=TOLERANCE,WINDOW, default 0.01,3), ``eager`` or ``graph`` (the
+CUDA-graph loop), ``compile`` (warmed up for the batch size before timing; the warm-up's
+seconds are recorded); e.g. ``ABLATION`` below; default none). The default engine row is
+``Purifier``'s defaults. Random weights: speed does not depend on them, except with early
+exit, whose steps per image (recorded as ``mean_steps``) depend on weights and images; its
+effect on real images is measured by ``pyengine parity --early-exit``. On CUDA each result also records the
 peak GPU memory of the call. FLOPs are counted with torch.utils.flop_counter on one engine step
 (forward and input-gradient backward of all views); both paths are credited with the
 same useful FLOPs, so the published loop's weight gradients count as waste. Each result
@@ -15,30 +21,41 @@ records the device (a CPU with its ISA flags and threads) and the provenance rec
 :mod:`pyengine.provenance` (commit, versions, times), which ``pyengine bench`` tabulates.
 """
 import os
+import time
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from published_loop import published_purify
-from pyengine import Purifier, create_model
+from pyengine import EarlyExit, Purifier, create_model
 from pyengine.models import ContrastiveHead, model_config
+from pyengine.purify.purifier import PRECISIONS
 from pyengine.provenance import device_name, provenance, utc_now
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODEL = os.environ.get("PYENGINE_BENCH_MODEL", "preact_resnet_tiny")
 STEPS = int(os.environ.get("PYENGINE_BENCH_STEPS", 40 if DEVICE == "cuda" else 10))
 BATCHES = [int(b) for b in os.environ.get("PYENGINE_BENCH_BATCHES",
-                                          "1,32,128,512" if DEVICE == "cuda" else "1,32,128").split(",")]
+                                          "1,32,128,512" if DEVICE == "cuda" else "1,32").split(",")]
 VARIANTS = [v for v in os.environ.get("PYENGINE_BENCH_VARIANTS", "").split(",") if v]
+EARLY_EXIT = EarlyExit(*(f(v) for f, v in zip((float, int), os.environ.get("PYENGINE_BENCH_EARLY_EXIT",
+                                                                                  "0.01,3").split(","))))
+# The levers one by one, each row adding one (issue 17): PYENGINE_BENCH_VARIANTS=$(ABLATION on the CPU).
+ABLATION = ("fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-fold-eager,bf16-nhwc-fold-exit-eager,"
+            "bf16-nhwc-fold-exit-eager-compile")
+TOKENS = {"nhwc", "fold", "exit", "eager", "graph", "compile"}
 
 
 def variant_settings(name: str) -> dict:
-    """``fp32|bf16|fp16`` + optional ``-nhwc`` + ``-eager|-graph`` + optional ``-compile`` ->
-    Purifier keyword arguments."""
+    """A variant's name (see the module docstring) -> Purifier keyword arguments."""
     precision, *rest = name.split("-")
+    unknown = set(rest) - TOKENS
+    if precision not in ("auto", *PRECISIONS) or unknown:
+        raise ValueError(f"PYENGINE_BENCH_VARIANTS: {name!r} is not a precision then tokens of {sorted(TOKENS)}")
     return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
-            "compile": "compile" in rest}
+            "compile": "compile" in rest, "fold_batchnorm": "fold" in rest,
+            "early_exit": EARLY_EXIT if "exit" in rest else None}
 
 
 @pytest.fixture
@@ -89,12 +106,20 @@ def run_rounds(benchmark, fn, batch):
 
 def bench_engine(benchmark, models, batch, path, **settings):
     classifier, head, bank = models
-    purifier = Purifier(classifier, head, steps=STEPS, bank=bank, **settings)
+    purifier = Purifier(classifier, head, steps=STEPS, bank=bank, image_size=(32, 32), **settings)
     x = torch.rand(batch, 3, 32, 32, device=DEVICE)
     flops = step_flops(purifier, x) * STEPS / batch
     record(benchmark, path, batch, flops)
+    benchmark.extra_info["purifier"] = purifier.extra_repr()  # what "auto" resolved to on this machine
+    if purifier.compile:
+        started = time.perf_counter()
+        purifier.warmup([batch])  # compilation paid once, ahead of serving
+        benchmark.extra_info["warmup_seconds"] = time.perf_counter() - started
     gen = torch.Generator().manual_seed(1)
     run_rounds(benchmark, lambda: purifier.purify(x, generator=gen), batch)
+    if purifier.early_exit is not None:
+        taken = purifier.purify(x, generator=torch.Generator().manual_seed(1), return_trace=True).steps_taken
+        benchmark.extra_info["mean_steps"] = taken.float().mean().item()
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -31,6 +31,8 @@ def load_rows(*paths: str | Path) -> list[dict]:
                                         "flops_per_image": info["flops_per_image"], "memory_mib": {},
                                         "records": []})
             row[name] = bench["stats"]["mean"]
+            if "mean_steps" in info:
+                row.setdefault("mean_steps", {})[name] = info["mean_steps"]
             if "peak_memory_mib" in info:
                 row["memory_mib"][name] = info["peak_memory_mib"]
             if record:
@@ -80,12 +82,27 @@ def markdown(rows: list[dict], peak_tflops: float | None = None) -> str:
             cells.append(f"{tflops / peak_tflops:.1%}" if tflops is not None else "—")
         cells.append(f"{_memory(r, 'engine')} / {_memory(r, 'published')}")
         lines.append("| " + " | ".join(cells) + " |")
-    variants = sorted({k[len(VARIANT):] for r in rows for k in r if k.startswith(VARIANT)})
+    # In the order they were run (PYENGINE_BENCH_VARIANTS lists them lever by lever).
+    variants = list(dict.fromkeys(k[len(VARIANT):] for r in rows for k in r if k.startswith(VARIANT)))
     if variants:
-        lines += ["", "Ablation (images/s; precision, layout, loop):", "",
-                  "| model | device | K | batch | " + " | ".join(variants) + " | published |",
-                  "|" + " --- |" * (len(variants) + 5)]
+        lines += ["", "Ablation (images/s, speed-up over the published loop; precision, nhwc: channels_last, fold: "
+                  "batch-norm folding, exit: early exit (mean steps per image), eager or graph loop, compile: "
+                  "warmed up):", "",
+                  "| model | device | K | batch | published | default | " + " | ".join(variants) + " |",
+                  "|" + " --- |" * (len(variants) + 6)]
         for r in rows:
-            cells = [_rate(r, r.get(VARIANT + v)) for v in variants] + [_rate(r, r.get("published"))]
+            cells = [_ablation_cell(r, "published"), _ablation_cell(r, "engine")]
+            cells += [_ablation_cell(r, VARIANT + v) for v in variants]
             lines.append(f"| {r['model']} | {r['device']} | {r['steps']} | {r['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", *provenance_lines(rows)])
+
+
+def _ablation_cell(row: dict, name: str) -> str:
+    seconds, published = row.get(name), row.get("published")
+    if not seconds:
+        return "—"
+    cell = _rate(row, seconds)
+    if published and name != "published":
+        cell += f" ({published / seconds:.2f}x)"
+    steps = row.get("mean_steps", {}).get(name)
+    return cell + (f", {steps:.1f} steps" if steps is not None else "")
