@@ -6,11 +6,10 @@
 Settings from the environment: PYENGINE_BENCH_MODEL (default preact_resnet_tiny),
 PYENGINE_BENCH_STEPS (K; default 40 on CUDA, 10 on the CPU), PYENGINE_BENCH_BATCHES
 (default 1,32,128,512 on CUDA, 1,32 on the CPU), PYENGINE_BENCH_VARIANTS (an ablation of
-the engine's levers, each a ``-``-joined list of tokens: a precision (fp32, bf16, fp16, auto),
-then any of ``nhwc`` (channels_last), ``fold`` (batch-norm folding), ``exit`` (early exit
-with PYENGINE_BENCH_EARLY_EXIT=TOLERANCE,WINDOW, default 0.01,3), ``eager`` or ``graph`` (the
-CUDA-graph loop), ``compile`` (warmed up for the batch size before timing; the warm-up's
-seconds are recorded); e.g. ``ABLATION`` below; default none). The default engine row is
+the engine's levers, named as :func:`pyengine.bench_table.parse_variant` reads them, e.g.
+``pyengine.bench_table.CPU_ABLATION``; ``compile`` variants are warmed up for the batch size
+before timing and record the warm-up's seconds; default none), PYENGINE_BENCH_EARLY_EXIT
+(TOLERANCE,WINDOW of the ``exit`` variants; default 0.01,3). The default engine row is
 ``Purifier``'s defaults. Random weights: speed does not depend on them, except with early
 exit, whose steps per image (recorded as ``mean_steps``) depend on weights and images; its
 effect on real images is measured by ``pyengine parity --early-exit``. On CUDA each result also records the
@@ -29,8 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from published_loop import published_purify
 from pyengine import EarlyExit, Purifier, create_model
+from pyengine.bench_table import parse_variant
 from pyengine.models import ContrastiveHead, model_config
-from pyengine.purify.purifier import PRECISIONS
 from pyengine.provenance import device_name, provenance, utc_now
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,21 +40,6 @@ BATCHES = [int(b) for b in os.environ.get("PYENGINE_BENCH_BATCHES",
 VARIANTS = [v for v in os.environ.get("PYENGINE_BENCH_VARIANTS", "").split(",") if v]
 EARLY_EXIT = EarlyExit(*(f(v) for f, v in zip((float, int), os.environ.get("PYENGINE_BENCH_EARLY_EXIT",
                                                                                   "0.01,3").split(","))))
-# The levers one by one, each row adding one (issue 17): PYENGINE_BENCH_VARIANTS=$(ABLATION on the CPU).
-ABLATION = ("fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-fold-eager,bf16-nhwc-fold-exit-eager,"
-            "bf16-nhwc-fold-exit-eager-compile")
-TOKENS = {"nhwc", "fold", "exit", "eager", "graph", "compile"}
-
-
-def variant_settings(name: str) -> dict:
-    """A variant's name (see the module docstring) -> Purifier keyword arguments."""
-    precision, *rest = name.split("-")
-    unknown = set(rest) - TOKENS
-    if precision not in ("auto", *PRECISIONS) or unknown:
-        raise ValueError(f"PYENGINE_BENCH_VARIANTS: {name!r} is not a precision then tokens of {sorted(TOKENS)}")
-    return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
-            "compile": "compile" in rest, "fold_batchnorm": "fold" in rest,
-            "early_exit": EARLY_EXIT if "exit" in rest else None}
 
 
 @pytest.fixture
@@ -130,7 +114,7 @@ def test_engine(benchmark, models, batch):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_engine_variant(benchmark, models, batch, variant):
-    bench_engine(benchmark, models, batch, f"variant:{variant}", **variant_settings(variant))
+    bench_engine(benchmark, models, batch, f"variant:{variant}", **parse_variant(variant, early_exit=EARLY_EXIT))
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -10,6 +10,27 @@ from pathlib import Path
 from .provenance import NOT_RECORDED, footer
 
 VARIANT = "variant:"
+# The levers one by one, each adding one (issue 17), as PYENGINE_BENCH_VARIANTS on the CPU:
+# fp32 eager, bf16, + channels_last, + batch-norm folding, + early exit, + compile (warmed up).
+CPU_ABLATION = ("fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-fold-eager,bf16-nhwc-fold-exit-eager,"
+                "bf16-nhwc-fold-exit-eager-compile")
+TOKENS = ("nhwc", "fold", "exit", "eager", "graph", "compile")
+
+
+def parse_variant(name: str, *, early_exit=None) -> dict:
+    """A variant of bench/test_bench_purify.py -> Purifier keyword arguments: a precision
+    (auto, fp32, bf16, fp16), then ``-``-joined tokens: ``nhwc`` channels_last, ``fold``
+    batch-norm folding, ``exit`` early exit (with ``early_exit``), ``eager`` or ``graph`` the
+    loop, ``compile`` torch.compile (the benchmark warms it up). What is not named is off."""
+    from .purify.purifier import PRECISIONS
+
+    precision, *rest = name.split("-")
+    if precision not in ("auto", *PRECISIONS) or set(rest) - set(TOKENS) or ("exit" in rest and early_exit is None):
+        raise ValueError(f"variant {name!r}: expected a precision of auto, {', '.join(PRECISIONS)} then tokens of "
+                         f"{', '.join(TOKENS)} (exit needs an early-exit rule)")
+    return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
+            "compile": "compile" in rest, "fold_batchnorm": "fold" in rest,
+            "early_exit": early_exit if "exit" in rest else None}
 
 
 def load_rows(*paths: str | Path) -> list[dict]:
