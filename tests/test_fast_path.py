@@ -9,7 +9,7 @@ import torch
 
 from pyengine import Purifier, create_model, hardware
 from pyengine.models import ContrastiveHead
-from pyengine.purify import ViewSampler
+from pyengine.purify import EarlyExit, ViewSampler
 from pyengine.random import CounterRandom
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -171,6 +171,26 @@ def test_parity_checks_folding_and_early_exit_against_the_unfolded_fp32_referenc
     assert report["fast_path"]["fold_batchnorm"] and report["fast_path"]["early_exit"] == {"tolerance": 1e9, "window": 1}
     assert report["fast_mean_steps"] == 2.0 and report["steps"] == 3  # every image stopped after window + 1 steps
     assert "BN folding True, early exit 1e+09 over 1 steps (mean 2.0 of K = 3 steps)" in markdown(report)
+
+
+def test_cli_parity_flags_reach_the_fast_path(monkeypatch):
+    from pyengine.cli import main
+    from pyengine.evaluation import parity
+
+    seen = {}
+
+    def stop(checkpoint, device, **settings):
+        seen.update(settings)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(parity, "load_paths", stop)
+    assert main(["parity", "--no-fold-batchnorm", "--early-exit", "0.05", "--early-exit-window", "7"]) == 2
+    assert seen["fold_batchnorm"] is False and seen["early_exit"] == EarlyExit(0.05, 7)
+    assert main(["parity"]) == 2
+    assert seen["fold_batchnorm"] is True and seen["early_exit"] is None
+    with pytest.raises(SystemExit) as bad:  # argparse's own errors: one line, status 2
+        main(["parity", "--early-exit", "-1"])
+    assert bad.value.code == 2
 
 
 def test_cli_precision_choices_are_the_purifiers():

@@ -2,7 +2,9 @@
 from .early_exit import EarlyExit
 from .objectives import ContrastiveObjective
 from .purifier import Purifier, PurifyResult, check_images
+from .protocol import PurifierLike
 from .steps import ProjectedStep
 from .views import ViewSampler
 
-__all__ = ["ContrastiveObjective", "EarlyExit", "ProjectedStep", "Purifier", "PurifyResult", "ViewSampler", "check_images"]
+__all__ = ["ContrastiveObjective", "EarlyExit", "ProjectedStep", "Purifier", "PurifierLike", "PurifyResult",
+           "ViewSampler", "check_images"]
