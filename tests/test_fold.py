@@ -92,7 +92,9 @@ def test_the_purifier_folds_a_copy_and_purifies_as_the_unfolded_one():
     head = ContrastiveHead(model.num_features, 16, 8).double()
     before = copy.deepcopy(model.state_dict())
     bank = torch.randn(32, 8, dtype=torch.float64)
+    model.train()
     folded = Purifier(model, head, bank=bank, steps=3)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # not even its mode changed
     plain = Purifier(model, head, bank=bank, steps=3, fold_batchnorm=False)
     assert folded.classifier is not model and folded.objective.classifier is folded.classifier
     assert plain.classifier is model

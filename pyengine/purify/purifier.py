@@ -154,7 +154,7 @@ class Purifier(nn.Module):
             if head is None:
                 raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
             if fold_batchnorm:
-                classifier = fold_batchnorms(classifier.eval())
+                classifier = fold_batchnorms(classifier)
             objective = ContrastiveObjective(classifier, head, ViewSampler(n_views=n_views),
                                              temperature=temperature, negatives=negatives, bank=bank)
         self.classifier, self.objective = classifier, objective
