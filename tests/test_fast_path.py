@@ -168,7 +168,8 @@ def test_parity_checks_folding_and_early_exit_against_the_unfolded_fp32_referenc
     data = ImageSet((torch.rand(5, 3, 32, 32, generator=gen) * 255).to(torch.uint8),
                     torch.randint(0, 10, (5,), generator=gen))
     report = check_parity(reference, fast, data, attack="pgd1", batch_size=4, robust_only=True, progress=False)
-    assert report["fast_path"]["fold_batchnorm"] and report["fast_path"]["early_exit"] == {"tolerance": 1e9, "window": 1}
+    fast_path = report["fast_path"]
+    assert fast_path["fold_batchnorm"] and fast_path["early_exit"] == {"tolerance": 1e9, "window": 1}
     assert report["fast_mean_steps"] == 2.0 and report["steps"] == 3  # every image stopped after window + 1 steps
     assert "BN folding True, early exit 1e+09 over 1 steps (mean 2.0 of K = 3 steps)" in markdown(report)
 

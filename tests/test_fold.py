@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyengine import Purifier, create_model, list_models
+from pyengine import ContrastiveObjective, Purifier, create_model, list_models
 from pyengine.models import ContrastiveHead, fold_batchnorm, foldable_pairs
 
 
@@ -98,6 +98,8 @@ def test_the_purifier_folds_a_copy_and_purifies_as_the_unfolded_one():
     plain = Purifier(model, head, bank=bank, steps=3, fold_batchnorm=False)
     assert folded.classifier is not model and folded.objective.classifier is folded.classifier
     assert plain.classifier is model
+    given = Purifier(model, objective=ContrastiveObjective(model, head, bank=bank), steps=3)
+    assert given.classifier is model and not given.fold_batchnorm  # an objective given holds its own classifier
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     a = folded.purify(x, generator=torch.Generator().manual_seed(1), return_trace=True)
     b = plain.purify(x, generator=torch.Generator().manual_seed(1), return_trace=True)

@@ -150,6 +150,7 @@ class Purifier(nn.Module):
         self.image_size = image_size
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto' or one of {tuple(PRECISIONS)}, got {precision!r}")
+        fold_batchnorm = fold_batchnorm and objective is None  # a given objective holds its own classifier
         if objective is None:
             if head is None:
                 raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
@@ -203,7 +204,8 @@ class Purifier(nn.Module):
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The backbone's dtype during purification on ``device`` (None: no autocast, fp32)."""
         if self.precision == "auto":
-            return hardware.fast_autocast_dtype(device) if _module_dtype(self.classifier) in (torch.float32, None) else None
+            fp32 = _module_dtype(self.classifier) in (torch.float32, None)  # an fp64/fp16 model asked for its dtype
+            return hardware.fast_autocast_dtype(device) if fp32 else None
         return PRECISIONS[self.precision]
 
     def _autocast(self, device: torch.device):
