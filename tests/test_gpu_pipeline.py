@@ -13,6 +13,7 @@ from cifar_zips import write_cifar_zips
 from pyengine.attacks import build_attack, expand_specs
 from pyengine.data import load_cifar10
 from pyengine.gpu_pipeline import GPU, SETTINGS, SMOKE, Layout, Step
+from pyengine.gpu_pipeline.bench import SMOKE_BENCH
 from pyengine.gpu_pipeline.cli import main
 from pyengine.gpu_pipeline.costs import NOMINAL_H200, attack_seconds
 from pyengine.gpu_pipeline.runner import EXIT_INCOMPLETE, execute, exit_code, schedule
@@ -60,12 +61,11 @@ def test_the_smoke_run_produces_every_stage_s_outputs(smoke):
     tables = (root / "docs/results/cpu/reproduce/RESULTS.md").read_text()
     assert "python3 -m pyengine.gpu_pipeline run" in tables and "Not run yet" not in tables
     listed = (work / "published.txt").read_text().split()
-    assert len(listed) == 4 + 8 + 3 + 1 and all((root / p).exists() for p in listed)
+    assert len(listed) == 4 + 8 + len(SMOKE_BENCH) + 1 + 1 and all((root / p).exists() for p in listed)
 
 
 def test_the_smoke_run_s_bench_stage_publishes_the_ablation_and_the_parity_check(smoke):
     from pyengine.bench_table import load_rows, markdown
-    from pyengine.gpu_pipeline.bench import SMOKE_BENCH
 
     _, _, work = smoke
     out = work / "publish/docs/results/cpu/bench"
@@ -84,7 +84,7 @@ def test_a_rerun_skips_every_finished_step(smoke, capfd):
     assert main(["run", "--smoke", "--data", str(data), "--work", str(work)]) == 0
     out = capfd.readouterr().out
     assert "measured:" not in out  # nothing to do, so nothing is measured
-    assert "\n== " not in out and out.count("done, skipped") == 1 + 4 * 3 - 2 + 4 * 4 + 3
+    assert "\n== " not in out and out.count("done, skipped") == 1 + 4 * 3 - 2 + 4 * 4 + len(SMOKE_BENCH) + 1
 
 
 def test_a_step_that_does_not_fit_the_deadline_is_not_started(smoke, capfd):
