@@ -5,9 +5,14 @@
 
 Settings from the environment: PYENGINE_BENCH_MODEL (default preact_resnet_tiny),
 PYENGINE_BENCH_STEPS (K; default 40 on CUDA, 10 on the CPU), PYENGINE_BENCH_BATCHES
-(default 1,32,128,512 on CUDA, 1,32,128 on the CPU), PYENGINE_BENCH_VARIANTS (an ablation of
-the engine's levers, e.g. ``fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-graph,bf16-nhwc-graph-compile``; default
-none). Random weights: speed does not depend on them. On CUDA each result also records the
+(default 1,32,128,512 on CUDA, 1,32 on the CPU), PYENGINE_BENCH_VARIANTS (an ablation of
+the engine's levers, named as :func:`pyengine.bench_table.parse_variant` reads them, e.g.
+``pyengine.bench_table.CPU_ABLATION``; ``compile`` variants are warmed up for the batch size
+before timing and record the warm-up's seconds; default none), PYENGINE_BENCH_EARLY_EXIT
+(TOLERANCE,WINDOW of the ``exit`` variants; default 0.01,3). The default engine row is
+``Purifier``'s defaults. Random weights: speed does not depend on them, except with early
+exit, whose steps per image (recorded as ``mean_steps``) depend on weights and images; its
+effect on real images is measured by ``pyengine parity --early-exit``. On CUDA each result also records the
 peak GPU memory of the call. FLOPs are counted with torch.utils.flop_counter on one engine step
 (forward and input-gradient backward of all views); both paths are credited with the
 same useful FLOPs, so the published loop's weight gradients count as waste. Each result
@@ -15,13 +20,15 @@ records the device (a CPU with its ISA flags and threads) and the provenance rec
 :mod:`pyengine.provenance` (commit, versions, times), which ``pyengine bench`` tabulates.
 """
 import os
+import time
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from published_loop import published_purify
-from pyengine import Purifier, create_model
+from pyengine import EarlyExit, Purifier, create_model
+from pyengine.bench_table import parse_variant
 from pyengine.models import ContrastiveHead, model_config
 from pyengine.provenance import device_name, provenance, utc_now
 
@@ -29,16 +36,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODEL = os.environ.get("PYENGINE_BENCH_MODEL", "preact_resnet_tiny")
 STEPS = int(os.environ.get("PYENGINE_BENCH_STEPS", 40 if DEVICE == "cuda" else 10))
 BATCHES = [int(b) for b in os.environ.get("PYENGINE_BENCH_BATCHES",
-                                          "1,32,128,512" if DEVICE == "cuda" else "1,32,128").split(",")]
+                                          "1,32,128,512" if DEVICE == "cuda" else "1,32").split(",")]
 VARIANTS = [v for v in os.environ.get("PYENGINE_BENCH_VARIANTS", "").split(",") if v]
-
-
-def variant_settings(name: str) -> dict:
-    """``fp32|bf16|fp16`` + optional ``-nhwc`` + ``-eager|-graph`` + optional ``-compile`` ->
-    Purifier keyword arguments."""
-    precision, *rest = name.split("-")
-    return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
-            "compile": "compile" in rest}
+EARLY_EXIT = EarlyExit(*(f(v) for f, v in zip((float, int), os.environ.get("PYENGINE_BENCH_EARLY_EXIT",
+                                                                                  "0.01,3").split(","))))
 
 
 @pytest.fixture
@@ -89,12 +90,20 @@ def run_rounds(benchmark, fn, batch):
 
 def bench_engine(benchmark, models, batch, path, **settings):
     classifier, head, bank = models
-    purifier = Purifier(classifier, head, steps=STEPS, bank=bank, **settings)
+    purifier = Purifier(classifier, head, steps=STEPS, bank=bank, image_size=(32, 32), **settings)
     x = torch.rand(batch, 3, 32, 32, device=DEVICE)
     flops = step_flops(purifier, x) * STEPS / batch
     record(benchmark, path, batch, flops)
+    benchmark.extra_info["purifier"] = purifier.extra_repr()  # what "auto" resolved to on this machine
+    if purifier.compile:
+        started = time.perf_counter()
+        purifier.warmup([batch])  # compilation paid once, ahead of serving
+        benchmark.extra_info["warmup_seconds"] = time.perf_counter() - started
     gen = torch.Generator().manual_seed(1)
     run_rounds(benchmark, lambda: purifier.purify(x, generator=gen), batch)
+    if purifier.early_exit is not None:
+        taken = purifier.purify(x, generator=torch.Generator().manual_seed(1), return_trace=True).steps_taken
+        benchmark.extra_info["mean_steps"] = taken.float().mean().item()
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -105,7 +114,7 @@ def test_engine(benchmark, models, batch):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("batch", BATCHES)
 def test_engine_variant(benchmark, models, batch, variant):
-    bench_engine(benchmark, models, batch, f"variant:{variant}", **variant_settings(variant))
+    bench_engine(benchmark, models, batch, f"variant:{variant}", **parse_variant(variant, early_exit=EARLY_EXIT))
 
 
 @pytest.mark.parametrize("batch", BATCHES)

@@ -10,6 +10,27 @@ from pathlib import Path
 from .provenance import NOT_RECORDED, footer
 
 VARIANT = "variant:"
+# The levers one by one, each adding one (issue 17), as PYENGINE_BENCH_VARIANTS on the CPU:
+# fp32 eager, bf16, + channels_last, + batch-norm folding, + early exit, + compile (warmed up).
+CPU_ABLATION = ("fp32-eager,bf16-eager,bf16-nhwc-eager,bf16-nhwc-fold-eager,bf16-nhwc-fold-exit-eager,"
+                "bf16-nhwc-fold-exit-eager-compile")
+TOKENS = ("nhwc", "fold", "exit", "eager", "graph", "compile")
+
+
+def parse_variant(name: str, *, early_exit=None) -> dict:
+    """A variant of bench/test_bench_purify.py -> Purifier keyword arguments: a precision
+    (auto, fp32, bf16, fp16), then ``-``-joined tokens: ``nhwc`` channels_last, ``fold``
+    batch-norm folding, ``exit`` early exit (with ``early_exit``), ``eager`` or ``graph`` the
+    loop, ``compile`` torch.compile (the benchmark warms it up). What is not named is off."""
+    from .purify.purifier import PRECISIONS
+
+    precision, *rest = name.split("-")
+    if precision not in ("auto", *PRECISIONS) or set(rest) - set(TOKENS) or ("exit" in rest and early_exit is None):
+        raise ValueError(f"variant {name!r}: expected a precision of auto, {', '.join(PRECISIONS)} then tokens of "
+                         f"{', '.join(TOKENS)} (exit needs an early-exit rule)")
+    return {"precision": precision, "channels_last": "nhwc" in rest, "cuda_graph": "graph" in rest,
+            "compile": "compile" in rest, "fold_batchnorm": "fold" in rest,
+            "early_exit": early_exit if "exit" in rest else None}
 
 
 def load_rows(*paths: str | Path) -> list[dict]:
@@ -31,6 +52,8 @@ def load_rows(*paths: str | Path) -> list[dict]:
                                         "flops_per_image": info["flops_per_image"], "memory_mib": {},
                                         "records": []})
             row[name] = bench["stats"]["mean"]
+            if "mean_steps" in info:
+                row.setdefault("mean_steps", {})[name] = info["mean_steps"]
             if "peak_memory_mib" in info:
                 row["memory_mib"][name] = info["peak_memory_mib"]
             if record:
@@ -80,12 +103,27 @@ def markdown(rows: list[dict], peak_tflops: float | None = None) -> str:
             cells.append(f"{tflops / peak_tflops:.1%}" if tflops is not None else "—")
         cells.append(f"{_memory(r, 'engine')} / {_memory(r, 'published')}")
         lines.append("| " + " | ".join(cells) + " |")
-    variants = sorted({k[len(VARIANT):] for r in rows for k in r if k.startswith(VARIANT)})
+    # In the order they were run (PYENGINE_BENCH_VARIANTS lists them lever by lever).
+    variants = list(dict.fromkeys(k[len(VARIANT):] for r in rows for k in r if k.startswith(VARIANT)))
     if variants:
-        lines += ["", "Ablation (images/s; precision, layout, loop):", "",
-                  "| model | device | K | batch | " + " | ".join(variants) + " | published |",
-                  "|" + " --- |" * (len(variants) + 5)]
+        lines += ["", "Ablation (images/s, speed-up over the published loop; precision, nhwc: channels_last, fold: "
+                  "batch-norm folding, exit: early exit (mean steps per image), eager or graph loop, compile: "
+                  "warmed up):", "",
+                  "| model | device | K | batch | published | default | " + " | ".join(variants) + " |",
+                  "|" + " --- |" * (len(variants) + 6)]
         for r in rows:
-            cells = [_rate(r, r.get(VARIANT + v)) for v in variants] + [_rate(r, r.get("published"))]
+            cells = [_ablation_cell(r, "published"), _ablation_cell(r, "engine")]
+            cells += [_ablation_cell(r, VARIANT + v) for v in variants]
             lines.append(f"| {r['model']} | {r['device']} | {r['steps']} | {r['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", *provenance_lines(rows)])
+
+
+def _ablation_cell(row: dict, name: str) -> str:
+    seconds, published = row.get(name), row.get("published")
+    if not seconds:
+        return "—"
+    cell = _rate(row, seconds)
+    if published and name != "published":
+        cell += f" ({published / seconds:.2f}x)"
+    steps = row.get("mean_steps", {}).get(name)
+    return cell + (f", {steps:.1f} steps" if steps is not None else "")

@@ -77,6 +77,7 @@ def batch(model):
 def make_purifier(model, norm="linf", steps=3, **kwargs):
     torch.manual_seed(0)
     eps, step = (16 / 255, 4 / 255) if norm == "linf" else (1.0, 0.25)
+    kwargs.setdefault("precision", "fp32")  # the attacks' own loops run in fp32: compared with them value for value
     return Purifier(model, ContrastiveHead(16, 16, 8), bank=torch.randn(32, 8), steps=steps, eps=eps,
                     step_size=step, norm=norm, **kwargs)
 

@@ -54,7 +54,7 @@ def make_parts():
 @pytest.fixture(scope="module")
 def purifier():
     model, head, bank = make_parts()
-    return Purifier(model, head, bank=bank, steps=K)
+    return Purifier(model, head, bank=bank, steps=K, precision="fp32")  # the export is fp32: compare with fp32
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_cli_export_onnx_from_a_checkpoint(traced, tmp_path, monkeypatch, capsys
     assert "wrote" in capsys.readouterr().out
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["steps"] == 3 and meta["source"]["checkpoint"].endswith("tiny.safetensors")
-    purifier = Purifier.from_checkpoint(ckpt, steps=3, image_size=None)  # exported at SIZE, not the model's 32
+    purifier = Purifier.from_checkpoint(ckpt, steps=3, image_size=None, precision="fp32")  # exported at SIZE
     x = images(4)
     expected = purifier.purify(x, generator=torch.Generator().manual_seed(8))
     g = torch.Generator().manual_seed(8)

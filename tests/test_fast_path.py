@@ -7,9 +7,9 @@ eager loop on the same draws and that its cache follows shapes and device moves.
 import pytest
 import torch
 
-from pyengine import Purifier, create_model
+from pyengine import Purifier, create_model, hardware
 from pyengine.models import ContrastiveHead
-from pyengine.purify import ViewSampler
+from pyengine.purify import EarlyExit, ViewSampler
 from pyengine.random import CounterRandom
 
 cuda = pytest.mark.cuda  # conftest.py skips it without CUDA
@@ -32,17 +32,26 @@ def test_drawing_k_steps_at_once_equals_k_single_draws(make_rng):
     assert torch.equal(sampler.draw(5, 32, 32, generator=batched_rng, steps=4), singles)
 
 
-def test_precision_setting_is_checked_and_resolved_per_device():
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_cpu_computes_it_natively(monkeypatch, native):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    auto = make_purifier()
+    assert auto.autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if native else None)
+    assert auto.autocast_dtype(torch.device("cuda")) == torch.bfloat16
+    assert make_purifier(precision="fp32").autocast_dtype(torch.device("cpu")) is None
+    assert make_purifier(precision="bf16").autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    # An fp64 (or fp16) classifier asked for that precision: "auto" does not autocast it.
+    assert make_purifier().double().autocast_dtype(torch.device("cpu")) is None
+
+
+def test_precision_setting_is_checked():
     with pytest.raises(ValueError, match="precision must be"):
         make_purifier(precision="int8")
-    auto = make_purifier()
-    assert auto.autocast_dtype(torch.device("cpu")) is None
-    assert auto.autocast_dtype(torch.device("cuda")) == torch.bfloat16
     assert make_purifier(precision="fp16").autocast_dtype(torch.device("cpu")) == torch.float16
 
 
 def test_bf16_objective_keeps_an_fp32_loss_and_a_gradient_close_to_fp32():
-    purifier = make_purifier()
+    purifier = make_purifier(precision="fp32")
     x = torch.rand(4, 3, 32, 32, requires_grad=True)
     draws = purifier.objective.draw(x, generator=torch.Generator().manual_seed(1))
     loss32 = purifier.objective(x, draws=draws)
@@ -66,8 +75,10 @@ def test_bf16_purification_on_the_cpu_stays_in_the_ball_and_lowers_the_loss():
 
 def test_compiled_backbone_purifies_like_the_eager_one():
     # aot_eager traces forward and backward as inductor would, without its C++ compile.
-    eager, compiled = make_purifier(steps=3), make_purifier(steps=3, compile="aot_eager")
+    eager = make_purifier(steps=3, precision="fp32")
+    compiled = make_purifier(steps=3, precision="fp32", compile="aot_eager")
     x = torch.rand(2, 3, 32, 32)
+    compiled.warmup([2], image_size=(32, 32))
     a = eager.purify(x, generator=torch.Generator().manual_seed(4), return_trace=True)
     b = compiled.purify(x, generator=torch.Generator().manual_seed(4), return_trace=True)
     assert compiled.objective._compiled_features is not None
@@ -143,6 +154,44 @@ def test_parity_report_balances_disagreements_and_signs_test_them():
     assert set(report["accuracy"]) == {"standard_clean", "standard_robust", "reference_clean", "reference_robust",
                                        "fast_clean", "fast_robust"}
     assert sign_test_p(0, 0) == 1.0 and sign_test_p(10, 3) == pytest.approx(2 * 378 / 2 ** 13)
+
+
+def test_parity_checks_folding_and_early_exit_against_the_unfolded_fp32_reference():
+    from pyengine import EarlyExit
+    from pyengine.data import ImageSet
+    from pyengine.evaluation.parity import REFERENCE_PATH, check_parity, markdown
+
+    reference = make_purifier(steps=3, **REFERENCE_PATH)
+    fast = make_purifier(steps=3, precision="fp32", early_exit=EarlyExit(1e9, window=1))
+    assert reference.classifier is not fast.classifier and not hasattr(reference.classifier, "folded_batchnorms")
+    gen = torch.Generator().manual_seed(0)
+    data = ImageSet((torch.rand(5, 3, 32, 32, generator=gen) * 255).to(torch.uint8),
+                    torch.randint(0, 10, (5,), generator=gen))
+    report = check_parity(reference, fast, data, attack="pgd1", batch_size=4, robust_only=True, progress=False)
+    fast_path = report["fast_path"]
+    assert fast_path["fold_batchnorm"] and fast_path["early_exit"] == {"tolerance": 1e9, "window": 1}
+    assert report["fast_mean_steps"] == 2.0 and report["steps"] == 3  # every image stopped after window + 1 steps
+    assert "BN folding True, early exit 1e+09 over 1 steps (mean 2.0 of K = 3 steps)" in markdown(report)
+
+
+def test_cli_parity_flags_reach_the_fast_path(monkeypatch):
+    from pyengine.cli import main
+    from pyengine.evaluation import parity
+
+    seen = {}
+
+    def stop(checkpoint, device, **settings):
+        seen.update(settings)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(parity, "load_paths", stop)
+    assert main(["parity", "--no-fold-batchnorm", "--early-exit", "0.05", "--early-exit-window", "7"]) == 2
+    assert seen["fold_batchnorm"] is False and seen["early_exit"] == EarlyExit(0.05, 7)
+    assert main(["parity"]) == 2
+    assert seen["fold_batchnorm"] is True and seen["early_exit"] is None
+    with pytest.raises(SystemExit) as bad:  # argparse's own errors: one line, status 2
+        main(["parity", "--early-exit", "-1"])
+    assert bad.value.code == 2
 
 
 def test_cli_precision_choices_are_the_purifiers():

@@ -13,6 +13,7 @@ from cifar_zips import write_cifar_zips
 from pyengine.attacks import build_attack, expand_specs
 from pyengine.data import load_cifar10
 from pyengine.gpu_pipeline import GPU, SETTINGS, SMOKE, Layout, Step
+from pyengine.gpu_pipeline.bench import SMOKE_BENCH
 from pyengine.gpu_pipeline.cli import main
 from pyengine.gpu_pipeline.costs import NOMINAL_H200, attack_seconds
 from pyengine.gpu_pipeline.runner import EXIT_INCOMPLETE, execute, exit_code, schedule
@@ -60,7 +61,21 @@ def test_the_smoke_run_produces_every_stage_s_outputs(smoke):
     tables = (root / "docs/results/cpu/reproduce/RESULTS.md").read_text()
     assert "python3 -m pyengine.gpu_pipeline run" in tables and "Not run yet" not in tables
     listed = (work / "published.txt").read_text().split()
-    assert len(listed) == 4 + 8 + 1 and all((root / p).exists() for p in listed)
+    assert len(listed) == 4 + 8 + len(SMOKE_BENCH) + 1 + 1 and all((root / p).exists() for p in listed)
+
+
+def test_the_smoke_run_s_bench_stage_publishes_the_ablation_and_the_parity_check(smoke):
+    from pyengine.bench_table import load_rows, markdown
+
+    _, _, work = smoke
+    out = work / "publish/docs/results/cpu/bench"
+    rows = load_rows(out / f"bench_{SMOKE_BENCH[0].model}.json")
+    assert [r["batch"] for r in rows] == [2] and rows[0]["steps"] == 2
+    variants = {f"variant:{v}" for v in SMOKE_BENCH[0].variants.split(",")}
+    assert {"engine", "published"} | variants <= set(rows[0])
+    assert "fp32-eager" in markdown(rows) and "mean_steps" in rows[0]
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["n"] == 8 and parity["fast_path"]["fold_batchnorm"] and "passed" in parity
 
 
 def test_a_rerun_skips_every_finished_step(smoke, capfd):
@@ -69,7 +84,7 @@ def test_a_rerun_skips_every_finished_step(smoke, capfd):
     assert main(["run", "--smoke", "--data", str(data), "--work", str(work)]) == 0
     out = capfd.readouterr().out
     assert "measured:" not in out  # nothing to do, so nothing is measured
-    assert "\n== " not in out and out.count("done, skipped") == 1 + 4 * 3 - 2 + 4 * 4
+    assert "\n== " not in out and out.count("done, skipped") == 1 + 4 * 3 - 2 + 4 * 4 + len(SMOKE_BENCH) + 1
 
 
 def test_a_step_that_does_not_fit_the_deadline_is_not_started(smoke, capfd):
@@ -159,7 +174,7 @@ def test_every_gpu_command_parses_and_every_attack_spec_builds(tmp_path):
 
     steps = _gpu_steps(tmp_path)
     for step in steps:
-        if step.argv:
+        if step.argv and step.module == "pyengine":
             args = build_parser().parse_args(step.argv)
             if step.argv[0] == "train-classifier":
                 assert args.precision == "bf16" and args.device == "cuda"
@@ -200,7 +215,7 @@ def test_the_gpu_plan_puts_mao_s_settings_first_and_every_step_has_a_cost(tmp_pa
     assert names.index("train standard") < names.index("train soap_lc")
     assert names.index("eval standard adaptive-fast") < names.index("eval adversarial autoattack")
     assert names.index("eval adversarial autoattack") < names.index("eval soap_lc static")
-    assert names[-1] == "eval soap_rp adaptive"
+    assert names[-4:] == ["eval soap_rp adaptive", "bench preact_resnet18", "bench wide_resnet28_10", "bench parity"]
     assert all(s.needs[0] == "data" for s in steps[1:])
     for step in steps:
         total, unit = step.cost(RATES)
@@ -301,3 +316,23 @@ def test_the_measurement_gives_every_rate_the_plan_reads(tmp_path, monkeypatch):
                             counts={"train": 100, "test": 50}):
         total, _ = step.cost(rates)
         assert math.isfinite(total) and total > 0, step.name
+
+
+def test_the_gpu_bench_stage_fits_its_four_minutes_and_names_only_known_variants(tmp_path):
+    from pyengine import EarlyExit
+    from pyengine.bench_table import parse_variant
+    from pyengine.cli import build_parser
+
+    bench = [s for s in _gpu_steps(tmp_path) if s.stage == "bench"]
+    assert sum(s.cost(RATES)[0] for s in bench) <= 240
+    for step in bench:
+        assert all(p.is_relative_to(tmp_path / "root/docs/results/h200/bench") for p in step.outputs)
+        if step.module == "pytest":
+            assert step.env["PYENGINE_BENCH_STEPS"] == "40" and step.argv[0].endswith("bench/test_bench_purify.py")
+            for variant in step.env["PYENGINE_BENCH_VARIANTS"].split(","):
+                parse_variant(variant, early_exit=EarlyExit(0.01, 3))
+        else:
+            args = build_parser().parse_args(step.argv)
+            assert args.n == 10000 and args.device == "cuda"
+    with pytest.raises(ValueError, match="variant 'bf16-fast'"):
+        parse_variant("bf16-fast")

@@ -39,8 +39,8 @@ def add_purifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=PURIFY_STEPS, default=None,
                    help="purification steps (default: K=40 contrastive, T=5 SOAP)")
     p.add_argument("--precision", choices=PURIFIER_PRECISIONS, default=None,
-                   help="the contrastive purifier's backbone precision (default: auto, bf16 on CUDA and fp32 "
-                        "elsewhere; SOAP runs in fp32)")
+                   help="the contrastive purifier's backbone precision (default: auto, bf16 on CUDA and on CPUs "
+                        "with native bf16 (AVX512-BF16, AMX), fp32 elsewhere; SOAP runs in fp32)")
 
 
 def add_user_model_args(p: argparse.ArgumentParser) -> None:

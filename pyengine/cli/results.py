@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..provenance import relative_path
 from .common import PURIFIER_PRECISIONS, add_data_args, add_default_checkpoint, add_device_arg, device, torch_threads
-from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, check_output_file, number_in
+from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, check_output_file, int_in, number_in
 
 
 def _cmd_bench(args) -> None:
@@ -26,12 +26,15 @@ def _cmd_parity(args) -> int:
     from ..data import load_cifar10
     from ..demo import DEFAULT_CHECKPOINT
     from ..evaluation.parity import check_parity, load_paths, markdown
+    from ..purify import EarlyExit
 
     torch_threads(args)
     if args.out:
         check_output_file(args.out)
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    reference, fast = load_paths(checkpoint, device(args), precision=args.precision, compile=args.compile)
+    early_exit = None if args.early_exit is None else EarlyExit(args.early_exit, args.early_exit_window)
+    reference, fast = load_paths(checkpoint, device(args), precision=args.precision, compile=args.compile,
+                                 fold_batchnorm=args.fold_batchnorm, early_exit=early_exit)
     data = load_cifar10(args.data, "test", limit=args.n)
     report = check_parity(reference, fast, data, attack=args.attack, eps=args.eps, batch_size=args.batch_size,
                           seed=args.seed, tolerance=args.tolerance, robust_only=args.robust_only)
@@ -67,8 +70,9 @@ def register(sub) -> None:
                    help="the device's peak, for the roofline fraction")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("parity", help="robust-accuracy gain of the fast path (bf16, CUDA graph) vs the fp32 "
-                                      "reference path; exit status 1 when it differs by more than the tolerance")
+    p = sub.add_parser("parity", help="robust-accuracy gain of the fast path (the defaults: bf16 where native, "
+                                      "channels_last, BN folding, CUDA graph) vs the fp32 reference path; exit "
+                                      "status 1 when it differs by more than the tolerance")
     add_default_checkpoint(p, "contrastive checkpoint; ")
     add_data_args(p)
     p.add_argument("--n", "--num-images", dest="n", type=COUNT, default=1000, help="test images (default: %(default)s)")
@@ -77,8 +81,15 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=number_in(0, 100), default=0.5,
                    help="allowed gain difference in points (default: 0.5)")
     p.add_argument("--precision", choices=PURIFIER_PRECISIONS, default="auto",
-                   help="the fast path's precision (default: auto, bf16 on CUDA)")
-    p.add_argument("--compile", action="store_true", help="the fast path compiles its backbone (torch.compile)")
+                   help="the fast path's precision (default: auto, bf16 on CUDA and on CPUs with native bf16)")
+    p.add_argument("--compile", action="store_true",
+                   help="the fast path compiles its backbone (torch.compile), warmed up for --batch-size first")
+    p.add_argument("--no-fold-batchnorm", dest="fold_batchnorm", action="store_false",
+                   help="the fast path keeps its batch norms (default: folded into the convolutions, as Purifier does)")
+    p.add_argument("--early-exit", type=number_in(0, 1e6), default=None, metavar="TOLERANCE",
+                   help="the fast path stops an image once its running-minimum L_s fell by less than this (nats) "
+                        "over --early-exit-window steps (default: off)")
+    p.add_argument("--early-exit-window", type=int_in(1, 10_000), default=5, help="(default: %(default)s)")
     p.add_argument("--robust-only", action="store_true", help="purify only the attacked images (half the time)")
     p.add_argument("--batch-size", type=BATCH, default=500)
     p.add_argument("--seed", type=SEED, default=0)

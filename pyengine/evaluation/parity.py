@@ -23,7 +23,7 @@ from ..provenance import footer, provenance, record_of, utc_now
 from ..purify import Purifier
 from ..random import CounterRandom
 
-REFERENCE_PATH = {"precision": "fp32", "cuda_graph": False, "channels_last": False}
+REFERENCE_PATH = {"precision": "fp32", "cuda_graph": False, "channels_last": False, "fold_batchnorm": False}
 
 
 def load_paths(checkpoint: str | Path, device: torch.device, **fast_settings) -> tuple[Purifier, Purifier]:
@@ -56,9 +56,14 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
     """Accuracies (percent) of the undefended classifier and both paths, clean and under
     ``attack``, the two robust-accuracy gains, their difference and the verdict.
     ``robust_only`` skips purifying the clean images (half the time; the verdict needs only
-    the attacked ones). ``provenance`` holds the record of :mod:`pyengine.provenance`."""
+    the attacked ones). ``provenance`` holds the record of :mod:`pyengine.provenance`.
+    A fast path with ``compile`` is warmed up for ``batch_size`` first (not timed: a serving
+    process pays it once); with ``early_exit`` the report gives its mean steps per image."""
     started = utc_now()
     device = next(reference.classifier.parameters()).device
+    if fast.compile:
+        fast.warmup([min(batch_size, len(data))], image_size=tuple(data.images.shape[-2:]))
+    steps_taken = []  # the fast path's steps per attacked image (fewer than K with early exit)
     attacker = build_attack(attack, classifier=reference.classifier, eps=eps, seed=seed)
     splits = ("robust",) if robust_only else ("clean", "robust")
     correct = {key: [] for key in ("standard_clean", "standard_robust",
@@ -79,8 +84,13 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
                 inputs = inputs_of[split]
                 # The same draws for both paths (and a different stream for clean and attacked inputs).
                 rng = CounterRandom(seed + (1 if split == "clean" else 2), index)
-                purified[name, split], elapsed = _timed(device, lambda: purifier.purify(inputs, generator=rng))
+                # The trace (one more loss evaluation) only where it says something: early exit's steps.
+                trace = name == "fast" and purifier.early_exit is not None
+                result, elapsed = _timed(device, lambda: purifier.purify(inputs, generator=rng, return_trace=trace))
+                purified[name, split] = result.images if trace else result
                 seconds[name] += elapsed
+                if name == "fast" and split == "robust":
+                    steps_taken.append(result.steps_taken if trace else torch.full((len(index),), purifier.steps))
                 correct[f"{name}_{split}"].append(_correct(purifier.classifier, purified[name, split], y))
         difference = (purified["fast", "robust"] - purified["reference", "robust"]).abs().max().item()
         max_difference = max(max_difference, 255 * difference)
@@ -98,7 +108,11 @@ def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack:
         "device": record["device"],  # on a CPU with its ISA flags: bf16 speed depends on them
         "reference_path": REFERENCE_PATH,
         "fast_path": {"precision": fast.precision, "cuda_graph": fast.cuda_graph, "channels_last": fast.channels_last,
-                      "compile": fast.compile, "autocast_dtype": str(fast.autocast_dtype(device) or torch.float32)},
+                      "compile": fast.compile, "autocast_dtype": str(fast.autocast_dtype(device) or torch.float32),
+                      "fold_batchnorm": fast.fold_batchnorm,
+                      "early_exit": None if fast.early_exit is None else vars(fast.early_exit)},
+        "steps": fast.steps,
+        "fast_mean_steps": torch.cat(steps_taken).float().mean().item(),
         "accuracy": acc, "gain_reference": gain_reference, "gain_fast": gain_fast,
         "gain_difference": gain_fast - gain_reference,
         "robust_disagreements": {"fast_only": fast_only, "reference_only": reference_only,
@@ -124,8 +138,12 @@ def sign_test_p(wins: int, losses: int) -> float:
 def markdown(report: dict) -> str:
     acc = report["accuracy"]
     fast = report["fast_path"]
+    exit_rule = fast.get("early_exit")
+    early = (f", early exit {exit_rule['tolerance']:g} over {exit_rule['window']} steps "
+             f"(mean {report['fast_mean_steps']:.1f} of K = {report['steps']} steps)") if exit_rule else ""
     lines = [f"Parity of the fast path ({fast['autocast_dtype']}, CUDA graph {fast['cuda_graph']}, "
-             f"channels_last {fast['channels_last']}, compile {fast.get('compile', False)}) "
+             f"channels_last {fast['channels_last']}, compile {fast.get('compile', False)}, "
+             f"BN folding {fast.get('fold_batchnorm', False)}{early}) "
              f"against the fp32 reference path: {report['n']} images, {report['attack']} at eps "
              f"{report['eps'] * 255:.0f}/255, device {report['device']}", "",
              "| path | clean | robust | robust gain | purify time |", "| --- | ---: | ---: | ---: | ---: |",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-STAGES = ("data", "train", "eval", "publish")
+STAGES = ("data", "train", "eval", "publish", "bench")
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ class Layout:
 
 @dataclass
 class Step:
-    """One unit of the plan. ``argv``: a pyengine command (run as its own process, so a
-    deadline can stop it and a crash leaves the others); else ``action`` runs in-process.
+    """One unit of the plan. ``argv``: a pyengine command, or one of ``module`` (run as its own
+    process, so a deadline can stop it and a crash leaves the others); else ``action`` runs in-process.
     ``cost(rates) -> (seconds, unit_seconds)``: the whole step, and for a resumable step the
     work lost at most when it is stopped (one epoch, one evaluation unit); None otherwise."""
 
@@ -154,6 +154,9 @@ class Step:
     needs: tuple[str, ...] = ()
     outputs: tuple[Path, ...] = field(default_factory=tuple)  # what publishing lists for the commit
     after: Callable[[], None] | None = None  # after the command succeeded: publish its report
+    module: str = "pyengine"  # argv runs as ``python -m <module> argv`` (pytest for the benchmarks)
+    env: dict = field(default_factory=dict)  # extra environment variables of the command
+    before: Callable[[], None] | None = None  # before the command (e.g. make its output folder)
 
 
 def evaluated(out: Path, attacks: list[str]) -> bool:

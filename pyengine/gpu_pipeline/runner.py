@@ -26,9 +26,11 @@ def execute(step: Step, timeout: float | None) -> str:
     or a kill at the deadline leaves this one running); an action, and a command's ``after``
     (publishing its report), run here."""
     if step.argv is not None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
+        if step.before is not None:
+            step.before()
         try:
-            proc = subprocess.run([sys.executable, "-m", "pyengine", *step.argv], timeout=timeout, env=env)
+            proc = subprocess.run([sys.executable, "-m", step.module, *step.argv], timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return "timeout"
         if proc.returncode != 0:
@@ -72,7 +74,8 @@ def schedule(steps: list[Step], rates: dict, *, deadline: float | None, skip: Ca
             what = "one epoch or unit" if unit is not None else "the whole step"
             log(f"-- {step.name}: not started: {what} needs about {need:.0f} s, {max(left, 0):.0f} s left")
             continue
-        command = f"\n   python3 -m pyengine {' '.join(step.argv)}" if step.argv else ""
+        env = "".join(f"{k}={v} " for k, v in step.env.items())
+        command = f"\n   {env}python3 -m {step.module} {' '.join(step.argv)}" if step.argv else ""
         log(f"== {step.name}: about {total:.0f} s"
             + ("" if left is None else f" ({left:.0f} s left)") + command)
         start = clock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..resume import write_atomic
+from .bench import bench_steps
 from .costs import eval_seconds, train_seconds
 from .plan import SETTINGS, Layout, Scale, Step, evaluated
 
@@ -114,6 +115,7 @@ def build_steps(scale: Scale, layout: Layout, settings: list[str], *, device: st
     if "adversarial" in mao and scale.figures:
         steps.append(evaluation("adversarial", "figures"))
     steps += [evaluation(s, "adaptive") for s in mao + soap]
+    steps += bench_steps(layout, smoke=scale.name == "smoke", device=device, cache=cache, n_test=counts["test"])
     for step in steps:
         if step.stage != "data":
             step.needs = ("data",) + step.needs

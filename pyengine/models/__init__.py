@@ -3,3 +3,4 @@ from . import airbench, preact_resnet, wide_resnet  # noqa: F401  (registers the
 from .head import ContrastiveHead
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_manifest, save_checkpoint
 from .features import HookedFeatures
+from .fold import fold_batchnorm, foldable_pairs

@@ -68,12 +68,16 @@ class ContrastiveObjective(nn.Module):
         self.temperature, self.negatives = temperature, negatives
         self.channels_last = False
         self._compiled_features = None
+        self.compiled_batches: set[int] | None = None  # image batch sizes run compiled (None: all)
         if bank is not None:
             _check_bank(bank, getattr(head, "out_features", None))
         self.register_buffer("bank", None if bank is None else bank.detach().float())
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
-        features = self._compiled_features or self.classifier.forward_features
+        features = self.classifier.forward_features
+        if self._compiled_features is not None and (
+                self.compiled_batches is None or views.shape[0] // self.views.n_views in self.compiled_batches):
+            features = self._compiled_features
         return self.head(features(views))
 
     def compile_backbone(self, backend: str = "inductor") -> None:
@@ -82,6 +86,8 @@ class ContrastiveObjective(nn.Module):
 
         Inductor fuses the batch-norm/ReLU chains of forward and input-gradient backward, the
         bulk of a purification step's memory traffic; it compiles once per input shape.
+        ``compiled_batches`` (a set of image batch sizes; None: every size) limits it to the
+        shapes worth compiling (the purifier's warmed-up sizes), the others run eagerly.
         """
         if self._compiled_features is None:
             self._compiled_features = torch.compile(self.classifier.forward_features, backend=backend, dynamic=False)

@@ -14,8 +14,11 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from .. import hardware
 from ..errors import NonFiniteError, check_finite
+from ..models.fold import fold_batchnorm as fold_batchnorms
 from ..random import Random, as_random
+from .early_exit import EarlyExit, descend_with_early_exit
 from .graphs import CapturedDescent, GraphCache
 from .objectives import ContrastiveObjective
 from .steps import ProjectedStep
@@ -24,11 +27,15 @@ from .views import ViewSampler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STEP_FRACTION = 1 / 8  # step size / eps_v: the paper's 2/255 at eps_v = 16/255
+# A call is padded up to a warmed-up batch size only when that at most multiplies its work by
+# this: compiling measured 1.3-2.2x (docs/BENCHMARKS.md), so more padding would lose to eager.
+PAD_LIMIT = 1.5
 
 
 class PurifyResult(NamedTuple):
     images: torch.Tensor  # Tensor[N, 3, H, W] in [0, 1], inside the eps_v ball around the input
     loss_trace: torch.Tensor  # Tensor[K + 1, N]: L_s at the start and after every step
+    steps_taken: torch.Tensor | None = None  # Tensor[N] int64: K, or fewer for images stopped early
 
 
 def check_images(x, name: str = "x") -> None:
@@ -90,17 +97,27 @@ class Purifier(nn.Module):
             eps_v = 16/255: a radius given without a step size keeps the paper's ratio.
         seed: when given, every call draws the same randomness (a deterministic defense);
             else the global RNG (or the ``generator`` passed to ``purify``) is used.
-        precision: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or
-            ``"fp16"``: the autocast dtype of the backbone during purification. The iterates,
-            the step and the loss stay fp32.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``: the autocast dtype of
+            the backbone during purification. The iterates, the step and the loss stay fp32.
+            ``"auto"`` is bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX,
+            detected at run time: :func:`pyengine.hardware.cpu_has_native_bf16`), fp32 on
+            other CPUs (they emulate bf16, slower than fp32) and for non-fp32 classifiers. Its
+            parity with fp32 on the CPU: -0.25 points on 2,000 images
+            (``docs/results/cpu/parity_bf16_nhwc_2000.json``).
         cuda_graph: on CUDA, capture the K-step loop as one CUDA graph per input shape and
             replay it (needs an objective with ``draw``; calls with ``on_step`` run eagerly).
         channels_last: convert the frozen classifier to channels_last (NHWC) on the first
             call and render the views in that layout: cuDNN's tensor cores and oneDNN's CPU
             convolutions both prefer it.
-        compile: ``torch.compile`` the backbone's feature extractor on the first call (True:
-            inductor; or a backend name). Off by default: each new batch shape compiles
-            anew (tens of seconds), which suits serving at fixed batch sizes, not one-off calls.
+        compile: ``torch.compile`` the backbone's feature extractor (True: inductor; or a
+            backend name) for the batch sizes given to :meth:`warmup`, paid there; every
+            other batch size runs eagerly, so no purify call ever waits for a compilation.
+        fold_batchnorm: purify with a copy of the classifier whose eval-mode batch norms are
+            folded into the convolutions before them (:func:`pyengine.models.fold_batchnorm`;
+            the classifier given is left untouched). Only for the objective built here.
+        early_exit: an :class:`EarlyExit` rule (or None: all K steps): the eager loop stops
+            each image's descent once its L_s has stopped falling. Needs bank negatives; the
+            CUDA-graph loop ignores it and runs all K steps.
         image_size: (H, W) the classifier was built for; inputs of another size are refused
             (None: any size). :meth:`from_checkpoint` sets the checkpoint's.
 
@@ -109,8 +126,8 @@ class Purifier(nn.Module):
 
     The classifier and head are put in eval mode and frozen: purification differentiates
     with respect to the input only. ``precision="fp32", cuda_graph=False,
-    channels_last=False`` is the reference path the fast defaults are checked against
-    (``pyengine parity``).
+    channels_last=False, fold_batchnorm=False`` is the reference path the fast defaults are
+    checked against (``pyengine parity``).
     """
 
     manifest: dict | None = None  # the checkpoint's, set by pyengine.load_purifier
@@ -121,7 +138,8 @@ class Purifier(nn.Module):
                  random_start: bool = True, n_views: int = 4, temperature: float = 0.2,
                  negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None,
                  precision: str = "auto", cuda_graph: bool = True, channels_last: bool = True,
-                 compile: bool | str = False, image_size: tuple[int, int] | None = None):
+                 compile: bool | str = False, image_size: tuple[int, int] | None = None,
+                 fold_batchnorm: bool = True, early_exit: EarlyExit | None = None):
         super().__init__()
         if not isinstance(steps, int) or not 0 <= steps <= 10_000:
             raise ValueError(f"steps must be an integer in [0, 10000], got {steps!r}")
@@ -132,9 +150,12 @@ class Purifier(nn.Module):
         self.image_size = image_size
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto' or one of {tuple(PRECISIONS)}, got {precision!r}")
+        fold_batchnorm = fold_batchnorm and objective is None  # a given objective holds its own classifier
         if objective is None:
             if head is None:
                 raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
+            if fold_batchnorm:
+                classifier = fold_batchnorms(classifier)
             objective = ContrastiveObjective(classifier, head, ViewSampler(n_views=n_views),
                                              temperature=temperature, negatives=negatives, bank=bank)
         self.classifier, self.objective = classifier, objective
@@ -148,7 +169,14 @@ class Purifier(nn.Module):
                              f"got {type(objective).__name__}")
         self.precision, self.cuda_graph, self.channels_last = precision, cuda_graph, channels_last
         self.compile = "inductor" if compile is True else compile
-        self._graphs, self._nhwc_done = GraphCache(), False
+        if early_exit is not None:
+            if not isinstance(early_exit, EarlyExit):
+                raise TypeError(f"early_exit must be an EarlyExit or None, got {type(early_exit).__name__}")
+            if not self._independent():
+                raise ValueError("early_exit needs images purified independently (negatives='bank' and an objective "
+                                 "with draw()): with batch negatives an image's loss depends on its batch-mates")
+        self.early_exit, self.fold_batchnorm = early_exit, fold_batchnorm
+        self._graphs, self._nhwc_done, self._warm = GraphCache(), False, set()
         self.eval().requires_grad_(False)
         devices = {t.device for t in (*self.parameters(), *self.buffers())}
         if len(devices) > 1:
@@ -176,7 +204,8 @@ class Purifier(nn.Module):
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The backbone's dtype during purification on ``device`` (None: no autocast, fp32)."""
         if self.precision == "auto":
-            return torch.bfloat16 if device.type == "cuda" else None
+            fp32 = _module_dtype(self.classifier) in (torch.float32, None)  # an fp64/fp16 model asked for its dtype
+            return hardware.fast_autocast_dtype(device) if fp32 else None
         return PRECISIONS[self.precision]
 
     def _autocast(self, device: torch.device):
@@ -194,6 +223,7 @@ class Purifier(nn.Module):
             self._nhwc_done = True
         if self.compile:
             self.objective.compile_backbone(self.compile)
+            self.objective.compiled_batches = self._warm  # the warmed-up sizes only (the same set, kept in sync)
 
     def _descent_step(self, xk: torch.Tensor, x0: torch.Tensor, draws: torch.Tensor | None = None,
                       generator: Random | None = None) -> torch.Tensor:
@@ -210,8 +240,10 @@ class Purifier(nn.Module):
         return (self.cuda_graph and x.is_cuda and on_step is None and self.steps > 0
                 and hasattr(self.objective, "draw"))
 
-    def _replay(self, x0: torch.Tensor, xk: torch.Tensor, generator: Random) -> tuple[torch.Tensor, torch.Tensor]:
-        draws = self.objective.draw(x0, generator=generator, steps=self.steps)
+    def _replay(self, x0: torch.Tensor, xk: torch.Tensor, generator: Random,
+                draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if draws is None:
+            draws = self.objective.draw(x0, generator=generator, steps=self.steps)
         key = (tuple(x0.shape), x0.dtype, x0.device, self.steps, repr(self.step), self.autocast_dtype(x0.device))
         try:
             loop = self._graphs.get(key, lambda: CapturedDescent(self._descent_step, x0, draws))
@@ -261,9 +293,17 @@ class Purifier(nn.Module):
         generator = self._random(generator)
         x0 = x.detach()
         xk = self.step.start(x0, generator=generator)
+        taken = torch.full((x0.shape[0],), self.steps, dtype=torch.int64)
+        bucket = None if on_step is not None else self._bucket(x0)
         with torch.enable_grad():
-            if self._use_graph(x0, on_step):
+            if bucket is not None:
+                xk, trace = self._descend_padded(x0, xk, generator, bucket)
+            elif self._use_graph(x0, on_step):
                 xk, trace = self._replay(x0, xk, generator)
+            elif self.early_exit is not None and on_step is None:
+                trace, taken = descend_with_early_exit(
+                    self._descent_step, lambda: self.objective.draw(x0, generator=generator), xk, x0, self.steps,
+                    self.early_exit)
             else:
                 trace = self._descend_eagerly(xk, x0, generator, on_step)
         if not return_trace:
@@ -273,7 +313,64 @@ class Purifier(nn.Module):
             final = self.objective(xk, generator=generator)
         trace = torch.cat([trace, final[None]])
         _check_trace(trace)
-        return PurifyResult(xk, trace)
+        return PurifyResult(xk, trace, taken)
+
+    def _independent(self) -> bool:
+        """Whether each image's purification depends on that image alone (and its own draws)."""
+        return getattr(self.objective, "negatives", "bank") != "batch" and hasattr(self.objective, "draw")
+
+    def _bucket(self, x0: torch.Tensor) -> int | None:
+        """The warmed-up batch size a call of N images is padded up to, or None (run as it is).
+
+        Padding happens only where it buys a compiled or captured loop: on a purifier with
+        ``compile`` or a CUDA graph, to the smallest warmed size b > N with b <= PAD_LIMIT * N,
+        and only when images are independent (bank negatives): then the padding images change
+        nothing for the others. Batch negatives are never padded."""
+        n = x0.shape[0]
+        if n in self._warm or not self._independent() or not (self.compile or self._use_graph(x0, None)):
+            return None
+        bucket = min((b for b in self._warm if b > n), default=None)
+        return bucket if bucket is not None and bucket <= PAD_LIMIT * n else None
+
+    def _descend_padded(self, x0: torch.Tensor, xk: torch.Tensor, generator: Random,
+                        bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loop on the batch padded to ``bucket`` with copies of its last image (their
+        own copies of its draws too); the real images' draws and start points are those of
+        the unpadded call."""
+        n = x0.shape[0]
+        draws = self.objective.draw(x0, generator=generator, steps=self.steps)
+        pad = lambda t, dim: torch.cat([t, t.narrow(dim, n - 1, 1).expand(  # noqa: E731
+            *t.shape[:dim], bucket - n, *t.shape[dim + 1:])], dim)
+        x0p, xkp = pad(x0, 0).contiguous(), pad(xk, 0).contiguous()
+        draws = pad(draws.view(self.steps, -1, n, draws.shape[-1]), 2).reshape(self.steps, -1, draws.shape[-1])
+        if self._use_graph(x0p, None):
+            xkp, trace = self._replay(x0p, xkp, generator, draws)
+        else:
+            trace = self._descend_eagerly(xkp, x0p, generator, None, draws)
+        return xkp[:n], trace[:, :n]
+
+    def warmup(self, batch_sizes, *, image_size: tuple[int, int] | None = None) -> None:
+        """Pay compilation (``compile``) and CUDA-graph capture for ``batch_sizes`` now, ahead
+        of serving, with one purification of random images per size.
+
+        From then on a call of a warmed-up size runs compiled; a call of N images is padded up
+        to the smallest warmed size b > N when b <= 1.5 N (bank negatives only; the result of
+        every image is unchanged); any other call runs eagerly, uncompiled. So a serving process
+        compiles once per warmed size (e.g. powers of two up to its largest batch) and a one-off
+        call never waits for a compilation. ``image_size``: (H, W), default the purifier's."""
+        sizes = list(batch_sizes) if not isinstance(batch_sizes, int) else [batch_sizes]
+        if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes):
+            raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
+        size = image_size or self.image_size
+        if size is None:
+            raise ValueError("warmup needs image_size=(H, W): this purifier accepts any size (image_size=None)")
+        device = _module_device(self.classifier) or torch.device("cpu")
+        dtype = _module_dtype(self.classifier) or torch.float32
+        for b in sorted(set(sizes)):
+            self._warm.add(b)
+            x = torch.rand(b, 3, *size, generator=torch.Generator().manual_seed(b)).to(device, dtype)
+            # With the trace: its last loss runs without autograd, a second compiled graph.
+            self.purify(x, generator=torch.Generator().manual_seed(b), return_trace=True)
 
     def _descend_eagerly(self, xk: torch.Tensor, x0: torch.Tensor, generator: Random,
                          on_step: Callable[[int, torch.Tensor], None] | None,
@@ -294,4 +391,10 @@ class Purifier(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
-                f"cuda_graph={self.cuda_graph}, channels_last={self.channels_last}, compile={self.compile!r}")
+                f"cuda_graph={self.cuda_graph}, channels_last={self.channels_last}, compile={self.compile!r}, "
+                f"fold_batchnorm={self.fold_batchnorm}, early_exit={self.early_exit!r}, autocast={self._resolved()}")
+
+    def _resolved(self) -> str:
+        # What "auto" means on this machine: run folders keyed by this repr never mix precisions.
+        device = _module_device(self.classifier) or torch.device("cpu")
+        return str(self.autocast_dtype(device) or "none").replace("torch.", "")
