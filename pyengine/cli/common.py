@@ -20,15 +20,23 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_locations(args) -> None:
-    """``--data`` and ``--checkpoint`` as typed -> what to read (:mod:`pyengine.resources`): the
-    data from the flag, ``$PYENGINE_DATA`` or the checkout's ``../shared/data/cifar10``, else a
-    DataError saying how to get CIFAR-10; a checkpoint path, or a shipped one by its name."""
-    from ..resources import cifar10_path, resolve_checkpoint
+    """``--checkpoint`` as typed -> what to read: a checkpoint path, or a shipped one by its
+    name (:func:`pyengine.resources.resolve_checkpoint`)."""
+    from ..resources import resolve_checkpoint
 
-    if hasattr(args, "data"):
-        args.data = cifar10_path(args.data)
     if getattr(args, "checkpoint", None) is not None:
         args.checkpoint = resolve_checkpoint(args.checkpoint)
+
+
+def cifar10_data(args) -> Path:
+    """The CIFAR-10 source a command reads (also left in ``args.data`` for its messages):
+    ``--data``, ``$PYENGINE_DATA`` or the checkout's ``../shared/data/cifar10``, else a
+    DataError saying how to get CIFAR-10. Resolved only by commands that read CIFAR-10, so
+    one given a user's images never falls back to it."""
+    from ..resources import cifar10_path
+
+    args.data = cifar10_path(args.data)
+    return args.data
 
 
 def add_purifier_args(p: argparse.ArgumentParser) -> None:
@@ -63,8 +71,8 @@ def eval_images(args, purifier, n: int | None):
 
     manifest = purifier.manifest
     if "model_source" not in manifest:
-        return load_cifar10(args.data, args.split or "test", limit=n)
-    if args.data == DEFAULT_DATA:
+        return load_cifar10(cifar10_data(args), args.split or "test", limit=n)
+    if args.data is None:
         from ..errors import UsageError
 
         raise UsageError(f"{manifest['path']} defends {model_name(manifest)}: give its images with --data "

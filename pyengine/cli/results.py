@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..provenance import relative_path
-from .common import PURIFIER_PRECISIONS, add_data_args, add_default_checkpoint, add_device_arg, device, torch_threads
+from .common import (PURIFIER_PRECISIONS, add_data_args, add_default_checkpoint, add_device_arg, cifar10_data, device,
+                     torch_threads)
 from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, check_output_file, int_in, number_in
 
 
@@ -35,7 +36,7 @@ def _cmd_parity(args) -> int:
     early_exit = None if args.early_exit is None else EarlyExit(args.early_exit, args.early_exit_window)
     reference, fast = load_paths(checkpoint, device(args), precision=args.precision, compile=args.compile,
                                  fold_batchnorm=args.fold_batchnorm, early_exit=early_exit)
-    data = load_cifar10(args.data, "test", limit=args.n)
+    data = load_cifar10(cifar10_data(args), "test", limit=args.n)
     report = check_parity(reference, fast, data, attack=args.attack, eps=args.eps, batch_size=args.batch_size,
                           seed=args.seed, tolerance=args.tolerance, robust_only=args.robust_only)
     report["checkpoint"] = relative_path(checkpoint)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..provenance import relative_path
 from ..errors import UsageError
-from .common import DEFAULT_DATA, add_data_args, add_device_arg, device, torch_threads
+from .common import add_data_args, add_device_arg, cifar10_data, device, torch_threads
 from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, check_output_file, int_in, number_in
 
 
@@ -43,7 +43,7 @@ def _cmd_train_classifier(args) -> None:
         model.compile()  # in place: the state dict and the saved checkpoint keep their names
     config = train_config(args)
     # On the training device, so batches are gathered, cropped and flipped there.
-    train = load_cifar10(args.data, "train", limit=args.limit).to(device(args))
+    train = load_cifar10(cifar10_data(args), "train", limit=args.limit).to(device(args))
     test = load_cifar10(args.data, "test", limit=args.test_limit)
     metrics = train_classifier(model, train, args.out, config, test=test,
                                manifest={"dataset": f"CIFAR-10 from {relative_path(args.data)}"})
@@ -91,7 +91,7 @@ def _cmd_train_head(args) -> None:
     cfg = model_config(ckpt.manifest["architecture"])
     head = ContrastiveHead(ckpt.classifier.num_features, args.hidden or cfg.head_hidden,
                            args.dim or cfg.head_out).to(on)
-    train = load_cifar10(args.data, "train", limit=args.limit).to(on)
+    train = load_cifar10(cifar10_data(args), "train", limit=args.limit).to(on)
     kept = {k: ckpt.manifest[k] for k in ("training", "metrics", "dataset", "provenance") if k in ckpt.manifest}
     metrics = train_head(ckpt.classifier, head, train, args.out, _head_config(args), manifest=kept)
     print(f"saved {args.out}: {metrics}")
@@ -104,7 +104,7 @@ def _train_head_for_model(args) -> None:
 
     if args.image_size is None:
         raise UsageError("--model needs --image-size (the side of the square images the model sees)")
-    if args.data == DEFAULT_DATA:
+    if args.data is None:
         raise UsageError("--model needs --data: a folder or zip of <class>/<image> (ImageFolder layout)")
     classes = [c for c in args.classes.split(",") if c] if args.classes else None
     data = load_images(args.data, args.image_size, args.split, limit=args.limit, classes=classes)
