@@ -34,10 +34,11 @@ def _list(text: str, allowed, what: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import DEFAULT_DATA
+    from ..cli import DEFAULT_DATA, Parser
+    from ..cli.flags import number_in
 
-    parser = argparse.ArgumentParser(prog="python3 -m pyengine.gpu_pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python3 -m pyengine.gpu_pipeline", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run (or continue) the papers' GPU pipeline")
     p.add_argument("--data", type=Path, default=Path(os.environ.get("DATA", DEFAULT_DATA)),
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=None,
                    help="where checkpoints and results are published, by their repository paths "
                         "(default: . ; with --smoke: WORK/publish)")
-    p.add_argument("--deadline", type=float, default=os.environ.get("DEADLINE_S") or None,
+    p.add_argument("--deadline", type=number_in(0, 10**7, open_low=True),
+                   default=os.environ.get("DEADLINE_S") or None,
                    help="seconds from the start after which nothing runs (env DEADLINE_S)")
     p.add_argument("--stages", type=lambda t: _list(t, STAGES, "--stages"), default=list(STAGES))
     p.add_argument("--settings", type=lambda t: _list(t, SETTINGS, "--settings"), default=list(SETTINGS))

@@ -1,7 +1,8 @@
 """Test-time purification: objectives, view sampler, step rules and the Purifier."""
 from .objectives import ContrastiveObjective
 from .purifier import Purifier, PurifyResult, check_images
+from .protocol import PurifierLike
 from .steps import ProjectedStep
 from .views import ViewSampler
 
-__all__ = ["ContrastiveObjective", "ProjectedStep", "Purifier", "PurifyResult", "ViewSampler", "check_images"]
+__all__ = ["ContrastiveObjective", "ProjectedStep", "Purifier", "PurifierLike", "PurifyResult", "ViewSampler", "check_images"]
