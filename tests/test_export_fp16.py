@@ -145,3 +145,26 @@ def test_tensorrt_build_of_an_fp16_export_pins_only_its_fp32_layers():
     layers = [_Layer("half"), _Layer("float"), _Layer("float", "half"), _Layer()]
     network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
     assert typed_fp32_layers(network, trt) == [layers[1], layers[3]]
+
+
+def test_cli_export_onnx_takes_precision_and_loss_scale(tmp_path, monkeypatch, capsys):
+    from pyengine import save_checkpoint
+    from pyengine.cli import main
+    from pyengine.deploy import onnx_export
+
+    model, head, bank = make_parts()
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, head=head, aux={"contrastive_bank": bank})
+    command = ["export", "onnx", "--checkpoint", str(ckpt), "--batch", str(N), "--image-size", str(SIZE), str(SIZE),
+               "--out", str(tmp_path / "m.onnx"), "--precision", "fp16"]
+    # A loss scale that is not a power of two is refused before any tracing, in one line.
+    assert main([*command, "--loss-scale", "3"]) == 2
+    assert "power of two" in capsys.readouterr().err
+    seen = {}
+
+    def stop(purifier, batch, **settings):  # the plumbing is what this test checks; tracing is covered above
+        seen.update(settings)
+        raise NotImplementedError("stopped after the plumbing")
+
+    monkeypatch.setattr(onnx_export, "trace_purifier", stop)
+    assert main([*command, "--loss-scale", "512"]) == 2
+    assert seen["precision"] == "fp16" and seen["loss_scale"] == 512

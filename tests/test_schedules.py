@@ -103,3 +103,17 @@ def test_smoke_mode_of_the_study_script_runs_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "robust_vs_speed.png").stat().st_size > 0
     assert (tmp_path / "out" / "table.md").read_text().startswith("| schedule |")
     assert study["reference"]["steps"] == 4
+
+
+def test_cli_parity_checks_a_step_schedule_under_bpda(tmp_path):
+    from pyengine.cli import main
+
+    data = write_cifar_zips(tmp_path / "cifar10", train_per_class=1, test_per_class=1)
+    out = tmp_path / "parity.json"
+    status = main(["parity", "--data", str(data), "--n", "2", "--batch-size", "2", "--attack", "bpda-fgsm",
+                   "--precision", "fp32", "--steps", "2", "--step-size", "8/255", "--robust-only", "--threads", "1",
+                   "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert status == (0 if report["passed"] else 1) and report["adaptive"]
+    assert (report["fast_path"]["steps"], report["reference_path"]["steps"]) == (2, 40)
+    assert report["fast_path"]["step_size"] == pytest.approx(8 / 255)
