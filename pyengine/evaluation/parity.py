@@ -57,8 +57,8 @@ def evaluate_path(purifier: Purifier, data: ImageSet, *, attack: str = "pgd10", 
                   desc: str = "parity", static_cache: dict | None = None) -> dict:
     """One path's per-image results on ``data``: ``correct`` (BoolTensor[n] per key:
     ``standard_clean``, ``standard_robust``, ``clean`` unless ``robust_only``, ``robust``),
-    ``seconds`` (purification time) and ``purified`` (the attacked images purified,
-    float16 on the CPU, to compare two paths' outputs).
+    ``seconds`` (purification time) and ``purified`` (the attacked images purified, on the
+    CPU, to compare two paths' outputs).
 
     A static ``attack`` is made on the undefended classifier, so every path sees the same
     adversarial images; an adaptive one (``bpda-pgd10``, ...) attacks this path's defense,
@@ -66,8 +66,8 @@ def evaluate_path(purifier: Purifier, data: ImageSet, *, attack: str = "pgd10", 
     ``standard_robust`` is the undefended classifier on this path's adversarial images.
     ``static_cache`` (a dict shared by the paths compared) keeps a static attack's images
     from the first path, so a path whose classifier runs in another layout or precision
-    (channels_last, compiled) is not handed slightly different ones. Purification draws are counter-based per image: paths evaluated separately see the
-    same draws."""
+    (channels_last, compiled) is not handed slightly different ones. Purification draws are
+    counter-based per image: paths evaluated separately see the same draws."""
     device = next(purifier.classifier.parameters()).device
     attacker = build_attack(attack, classifier=purifier.classifier, purifier=purifier, eps=eps, seed=seed + 2)
     adaptive = bool(getattr(attacker, "adaptive", False))
@@ -97,7 +97,7 @@ def evaluate_path(purifier: Purifier, data: ImageSet, *, attack: str = "pgd10", 
             seconds += elapsed
             correct[split].append(_correct(purifier.classifier, out, y))
             if split == "robust":
-                purified_robust.append(out.detach().to("cpu", torch.float16))
+                purified_robust.append(out.detach().float().cpu())
     return {"correct": {key: torch.cat(values) for key, values in correct.items()}, "seconds": seconds,
             "purified": torch.cat(purified_robust), "adaptive": adaptive}
 
@@ -121,7 +121,7 @@ def compare_paths(reference: dict, fast: dict, tolerance: float = 0.5) -> dict:
     # over the undefended classifier on the reference path's, so the difference stays the balance.
     gain_reference = acc["reference_robust"] - acc["standard_robust"]
     gain_fast = acc["fast_robust"] - acc["standard_robust"]
-    difference = (fast["purified"].float() - reference["purified"].float()).abs().max().item()
+    difference = (fast["purified"] - reference["purified"]).abs().max().item()
     return {
         "accuracy": acc, "gain_reference": gain_reference, "gain_fast": gain_fast,
         "gain_difference": gain_fast - gain_reference,
