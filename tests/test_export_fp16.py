@@ -119,7 +119,7 @@ def test_onnxruntime_backend_runs_the_exported_gradient_with_fp16_storage(purifi
     graphs = report["runtime"]["graphs"]
     # ONNX Runtime wraps the ops it has no fp16 CPU kernel for in casts, keeping fp16 between them.
     assert graphs["fp16@256"]["casts_run"] > graphs["fp16@256"]["casts_exported"] > 0
-    assert graphs["fp16@256"]["fp16_nodes_run"] > 0 and graphs["fp32@1"]["fp16_nodes_run"] == 0
+    assert graphs["fp16@256"]["casts_to_fp16_run"] > 0 and graphs["fp32@1"]["casts_run"] == 0
 
 
 class _Tensor:

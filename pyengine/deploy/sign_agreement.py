@@ -119,19 +119,12 @@ def _session(model: onnx.ModelProto, threads: int):
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath)
 
-    def casts(m):
-        return sum(n.op_type == "Cast" for n in m.graph.node)
+    def casts(m, to=None):
+        return sum(n.op_type == "Cast" and (to is None or any(a.name == "to" and a.i == to for a in n.attribute))
+                   for n in m.graph.node)
 
     return session, {"casts_exported": casts(model), "casts_run": casts(optimized),
-                     "fp16_nodes_run": _fp16_nodes(optimized)}
-
-
-def _fp16_nodes(model: onnx.ModelProto) -> int:
-    """Nodes of ``model`` with an fp16 output (after shape inference): what runs in fp16."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    fp16 = {v.name for v in (*inferred.graph.value_info, *inferred.graph.output)
-            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
-    return sum(any(o in fp16 for o in n.output) for n in inferred.graph.node)
+                     "casts_to_fp16_run": casts(optimized, onnx.TensorProto.FLOAT16)}
 
 
 def _gradient_runner(purifier: Purifier, backend: str, batch: int, size: tuple[int, int], precision: str,
