@@ -1,9 +1,9 @@
 """fp16 ONNX export with a loss scale: the step's signs survive fp16, and the scale changes no fp32 step.
 
 Threshold. On the shipped FGSM-RS tiny checkpoint and 64 CIFAR-10 test images the fp16
-gradient has the fp32 sign on 99.3 % of the pixels a step moves, at every one of the 40
-steps (docs/BENCHMARKS.md, `python3 -m pyengine.deploy.sign_agreement`); the rest are
-near-zero gradients whose sign fp16 rounding flips. A broken fp16 graph agrees far less:
+gradient has the fp32 sign on 99.4 % of the pixels a step moves, 99.25 % at the worst of
+the 40 steps (docs/BENCHMARKS.md, `python3 -m pyengine.deploy.sign_agreement`); the rest
+are near-zero gradients whose sign fp16 rounding flips. A broken fp16 graph agrees far less:
 random signs agree on half the pixels, a backward that overflows (NaN) or underflows (0)
 on none of those that move. The tests ask for 97 % on a few images of a random-weight
 model, whose gradients are as well scaled (measured there: 99.6 % with the torch kernels,
@@ -88,7 +88,7 @@ def test_backward_magnitudes_follow_the_loss(purifier):
 
 
 def test_choose_loss_scale():
-    assert choose_loss_scale(10.5) == 256.0  # 10.5 * 256 * 16 = 43,008 <= 65,504 < 10.5 * 512 * 16
+    assert choose_loss_scale(11.8) == 256.0  # 11.8 * 256 * 16 = 48,333 <= 65,504 < 11.8 * 512 * 16
     assert choose_loss_scale(1e6) == 1.0
     with pytest.raises(ValueError, match="max_abs"):
         choose_loss_scale(0.0)

@@ -32,8 +32,8 @@ every backward value is S times larger (exactly, in fp32: the fp32 step is uncha
 bit), which lifts the small ones out of fp16's subnormal range (below 2^-14, fewer bits)
 and away from zero (below 2^-25). :data:`FP16_LOSS_SCALE` = 256 is what
 :func:`.sign_agreement.choose_loss_scale` gives for the largest backward value measured on
-the shipped tiny checkpoints (about 10.5, at the head's output): the largest power of two
-that keeps it 16x below fp16's maximum, 65,504. On them the scale changes little (the
+the shipped FGSM-RS tiny checkpoint (11.8, at the head's output, 64 CIFAR-10 images): the
+largest power of two that keeps it 16x below fp16's maximum, 65,504. On them the scale changes little (the
 backward is well scaled: per-image losses are summed, not averaged, and 1/temperature = 5);
 docs/BENCHMARKS.md has the measured sign agreement with and without it.
 """
