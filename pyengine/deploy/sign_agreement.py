@@ -11,12 +11,12 @@ scale's raison d'etre: the magnitudes of the fp32 backward pass inside the part 
 in fp16 (:func:`backward_magnitudes`) and the scale they imply (:func:`choose_loss_scale`).
 
 Backends. ``torch``: the traced graph run by torch's CPU kernels, every tensor stored in
-fp16 as a GPU fp16 engine stores it. ``onnxruntime``: the exported ONNX graph
-(:func:`gradient_model`) on ONNX Runtime's CPU provider with its graph
-optimisations off: ONNX Runtime has no fp16 CPU kernel for many ops and wraps them in
-casts to fp32 and back (fp16 storage kept); with its default optimisations it removes
-those cast pairs and turns fp16 weights into fp32, so most of the graph runs in fp32 and
-the result says little about fp16. The report counts the casts in the graph it ran.
+fp16 as a GPU fp16 engine stores it: the measurement. ``onnxruntime``: the exported ONNX
+graph (:func:`gradient_model`) on ONNX Runtime's CPU provider (graph optimisations off, so
+the graph it runs is the exported one plus what it must insert). ONNX Runtime 1.32 does not
+run it in fp16: it casts the fp16 weights and constants to fp32 ("precision-free" casts)
+and computes in fp32 (48 casts to fp32 and 1 to fp16 where the export has 18 and 10), so
+its figure is fp16 weights with fp32 arithmetic. The report counts the casts in the graph it ran.
 
     python3 -m pyengine.deploy.sign_agreement --n 64 --out docs/results/cpu/sign_agreement.json
 """
@@ -114,7 +114,7 @@ def _session(model: onnx.ModelProto, threads: int):
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # module doc: backends
     with tempfile.TemporaryDirectory() as tmp:
-        # The graph ONNX Runtime runs after its own rewrites: does it compute fp16 or cast to fp32?
+        # The graph ONNX Runtime runs after its own rewrites: does it keep fp16 or cast to fp32?
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath)
