@@ -5,7 +5,7 @@ Writes ``study.json`` (raw, saved after every comparison), ``table.md`` and
 named in it) under ``--out``.
 
     python3 scripts/step_schedule_study.py --n 2000 --out docs/results/<gpu>/step_schedules   # the full study
-    SMOKE=1 python3 scripts/step_schedule_study.py --data DIR --out /tmp/smoke                # seconds
+    SMOKE=1 python3 scripts/step_schedule_study.py --data DIR --out runs/smoke                # seconds
 
 ``SMOKE=1`` runs 4 images, PGD-2 and BPDA-PGD-2, a K = 4 reference against K = 2 and 1:
 a check that the study runs end to end, not a measurement.
@@ -25,6 +25,7 @@ from pyengine.data import load_cifar10  # noqa: E402
 from pyengine.demo import DEFAULT_CHECKPOINT  # noqa: E402
 from pyengine.evaluation import schedules as study_lib  # noqa: E402
 from pyengine.evaluation.schedules import CANDIDATES, Schedule  # noqa: E402
+from pyengine.provenance import relative_path  # noqa: E402
 from pyengine.purify import Purifier  # noqa: E402
 
 SMOKE = {"n": 4, "attacks": "pgd2,bpda-pgd2", "reference": "4@2/255", "schedules": "2@4/255,1@8/255",
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     study = study_lib.run_study(load, data, schedules=candidates, reference=reference,
                                 attacks=[a.strip() for a in args.attacks.split(",") if a.strip()],
                                 batch_size=args.batch_size, seed=args.seed, on_result=save)
-    study["checkpoint"] = str(args.checkpoint)
+    study["checkpoint"] = relative_path(args.checkpoint)
     study["note"] = args.note
     save(study)
     text = study_lib.table(study)
