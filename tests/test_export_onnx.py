@@ -117,14 +117,19 @@ def test_gradient_signs_agree_with_autograd(purifier, models):
     session = OnnxPurifier(models["one_step"], providers=["CPUExecutionProvider"]).session
     _, x_next = session.run(["logits", "x_next"], {"x": x.numpy(), "x_k": x.numpy(), "view_params": views.numpy()})
     ort_sign = np.rint((x.numpy() - x_next) / a)
+    agreement = (ort_sign == autograd_signs(purifier, x, views)).mean()
+    assert agreement >= 0.999, f"sign agreement {agreement:.5f}"
+
+
+def autograd_signs(purifier, x, views) -> np.ndarray:
+    """sign(grad L_s(x)) by autograd on the reference ops, fp32 (the step's signs)."""
     xr = x.clone().requires_grad_(True)
     with torch.enable_grad():
         z = purifier.objective.embed(sample_views_reference(xr, views, SIZE, SIZE))
         loss = contrastive_loss_reference(z, purifier.objective.views.n_views, purifier.objective.temperature,
                                           purifier.objective.bank)
         grad, = torch.autograd.grad(loss.sum(), xr)
-    agreement = (ort_sign == grad.sign().numpy()).mean()
-    assert agreement >= 0.999, f"sign agreement {agreement:.5f}"
+    return grad.sign().numpy()
 
 
 def test_render_views_equals_the_reference():
@@ -211,8 +216,8 @@ def test_cli_export_onnx_from_a_checkpoint(traced, tmp_path, monkeypatch, capsys
     model, head, bank = make_parts()
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, head=head, aux={"contrastive_bank": bank})
 
-    def reuse(purifier, batch, *, image_size, opset):  # tracing is covered above; this test checks the plumbing
-        assert (batch, tuple(image_size), opset) == (N, (SIZE, SIZE), 17)
+    def reuse(purifier, batch, *, image_size, opset, precision, loss_scale):  # tracing is covered above
+        assert (batch, tuple(image_size), opset, precision, loss_scale) == (N, (SIZE, SIZE), 17, "fp32", None)
         return onnx_export.TracedPurifier(purifier, traced.objective, N, (SIZE, SIZE), 17, traced.step_model,
                                           traced.classify_model, traced.random_shapes, traced.step)
 
@@ -327,7 +332,7 @@ def test_cli_export_onnx_from_a_soap_checkpoint(soap_traced, min_aux_traced, tmp
                                **aux_manifest("rotation", 0.5, 0.1, head))
     consistency = save_checkpoint(tmp_path / "con.safetensors", model, **aux_manifest("consistency", 1.0, 0.1, None))
 
-    def reuse(purifier, batch, *, image_size, opset):  # tracing is covered above; this test checks the plumbing
+    def reuse(purifier, batch, *, image_size, opset, **precision):  # tracing is covered above; this checks plumbing
         traced = min_aux_traced if isinstance(purifier, MinAuxPurifier) else soap_traced
         return onnx_export.TracedPurifier(purifier, *[getattr(traced, f) for f in (
             "objective", "batch", "size", "opset", "step_model", "classify_model", "random_shapes", "step",

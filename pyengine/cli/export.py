@@ -17,6 +17,7 @@ MISSING_DEPENDENCY_EXIT = 3
 
 def _cmd_onnx(args) -> None:
     from ..deploy.onnx_export import export_onnx, min_aux_radii, sidecar_path
+    from ..deploy.precision import FP16_LOSS_SCALE
     from ..deploy.trt_compat import check_model
     from ..loading import load_purifier
     from ..soap import MinAuxPurifier
@@ -31,12 +32,15 @@ def _cmd_onnx(args) -> None:
     size = tuple(args.image_size) if args.image_size else None
     try:
         path = export_onnx(purifier, args.out, purifier.steps, args.batch, opset=args.opset,
-                           unrolled=not args.one_step, image_size=size)
+                           unrolled=not args.one_step, image_size=size, precision=args.precision,
+                           loss_scale=args.loss_scale)
     except NotImplementedError as err:  # a purifier the exporter has no form for: the user chose it
         raise UsageError(f"cannot export this purifier: {err}") from err
     form = "one step (the runtime calls it K times)" if args.one_step else f"{purifier.steps} unrolled steps"
     if min_aux:
         form += f" for each of the radii {', '.join(f'{r * 255:g}/255' for r in min_aux_radii(purifier))}, min-aux"
+    if args.precision == "fp16":
+        form += f", fp16 network, loss scale {args.loss_scale or FP16_LOSS_SCALE:g}"
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {form}, batch {args.batch}, opset {args.opset}) "
           f"and {sidecar_path(path)}")
     if args.opset <= 17:
@@ -89,13 +93,20 @@ def register(sub) -> None:
     p.add_argument("--soap-eps", type=RADIUS, default=None,
                    help="SOAP checkpoints: purify at this fixed radius (needed for --one-step); default: "
                         "min-aux selection over radii e * 4/255, e = 0..10, in one unrolled graph")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: the network in fp16 (weights, activations, their backward) with the loss scaled "
+                        "before the backward pass; iterate, views, loss and projection fp32 (default: %(default)s)")
+    p.add_argument("--loss-scale", type=number_in(0, 2 ** 24, open_low=True), default=None,
+                   help="a power of two multiplying the loss before the backward pass; it changes no step "
+                        "(default: 256 for fp16, 1 for fp32)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_onnx)
 
     p = commands.add_parser("tensorrt", help="build a TensorRT plan from an exported ONNX model (needs TensorRT)")
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--fp16", action="store_true", help="fp16 classifier; the purification stays fp32 (default: "
-                                                       "everything fp32)")
+                                                       "everything fp32); a --precision fp16 export builds in "
+                                                       "its own precisions either way")
     p.add_argument("--workspace-gib", type=number_in(0, 1024, open_low=True), default=2.0)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_tensorrt)

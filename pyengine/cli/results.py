@@ -34,8 +34,9 @@ def _cmd_parity(args) -> int:
         check_output_file(args.out)
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     early_exit = None if args.early_exit is None else EarlyExit(args.early_exit, args.early_exit_window)
+    schedule = {key: value for key, value in (("steps", args.steps), ("step_size", args.step_size)) if value is not None}
     reference, fast = load_paths(checkpoint, device(args), precision=args.precision, compile=args.compile,
-                                 fold_batchnorm=args.fold_batchnorm, early_exit=early_exit)
+                                 fold_batchnorm=args.fold_batchnorm, early_exit=early_exit, **schedule)
     data = load_cifar10(cifar10_data(args), "test", limit=args.n)
     report = check_parity(reference, fast, data, attack=args.attack, eps=args.eps, batch_size=args.batch_size,
                           seed=args.seed, tolerance=args.tolerance, robust_only=args.robust_only)
@@ -77,7 +78,9 @@ def register(sub) -> None:
     add_default_checkpoint(p, "contrastive checkpoint; ")
     add_data_args(p)
     p.add_argument("--n", "--num-images", dest="n", type=COUNT, default=1000, help="test images (default: %(default)s)")
-    p.add_argument("--attack", default="pgd10", help="static attack spec (default: %(default)s)")
+    p.add_argument("--attack", default="pgd10",
+                   help="attack spec (default: %(default)s): static on the undefended classifier, or adaptive "
+                        "(e.g. bpda-pgd10: each path attacked through its own defense)")
     p.add_argument("--eps", type=RADIUS, default=8 / 255, help="attack budget (default: 8/255)")
     p.add_argument("--tolerance", type=number_in(0, 100), default=0.5,
                    help="allowed gain difference in points (default: 0.5)")
@@ -91,6 +94,10 @@ def register(sub) -> None:
                    help="the fast path stops an image once its running-minimum L_s fell by less than this (nats) "
                         "over --early-exit-window steps (default: off)")
     p.add_argument("--early-exit-window", type=int_in(1, 10_000), default=5, help="(default: %(default)s)")
+    p.add_argument("--steps", type=int_in(1, 10_000), default=None,
+                   help="the fast path's K, to check a step schedule against the paper's K = 40 (default: 40)")
+    p.add_argument("--step-size", type=RADIUS, default=None,
+                   help="the fast path's step size, e.g. 8/255 (default: eps_v / 8 = 2/255)")
     p.add_argument("--robust-only", action="store_true", help="purify only the attacked images (half the time)")
     p.add_argument("--batch-size", type=BATCH, default=500)
     p.add_argument("--seed", type=SEED, default=0)

@@ -19,13 +19,15 @@ from .objectives import ExportableObjective, exportable
 
 
 class InputGradient(nn.Module):
-    """grad(x, *randoms) = d sum_n L_s(x)_n / dx, as a traced forward graph (Tensor[N, 3, H, W])."""
+    """grad(x, *randoms) = d (loss_scale * sum_n L_s(x)_n) / dx, as a traced forward graph
+    (Tensor[N, 3, H, W], float32 whatever the objective computes in)."""
 
-    def __init__(self, objective: ExportableObjective, n: int, h: int, w: int):
+    def __init__(self, objective: ExportableObjective, n: int, h: int, w: int, loss_scale: float = 1.0):
         super().__init__()
         example = [torch.rand(n, 3, h, w)]
         example += [r for r in objective.draw(n, h, w, generator=torch.Generator().manual_seed(0))]
-        self.lowered = lower(input_gradient(objective.loss), example)
+        self.loss_scale = loss_scale
+        self.lowered = lower(input_gradient(objective.loss, loss_scale), example)
 
     def forward(self, x: torch.Tensor, *randoms: torch.Tensor) -> torch.Tensor:
         return self.lowered(x, *randoms)
@@ -90,12 +92,14 @@ class PurifyOneStep(nn.Module):
         return self.classifier(nxt), nxt
 
 
-def build_modules(purifier: Purifier, batch: int, height: int, width: int):
-    """(ExportableObjective, PurifyStep) for ``purifier`` at a fixed batch and image size."""
+def build_modules(purifier: Purifier, batch: int, height: int, width: int, *, precision: str = "fp32",
+                  loss_scale: float = 1.0):
+    """(ExportableObjective, PurifyStep) for ``purifier`` at a fixed batch and image size;
+    ``precision`` and ``loss_scale`` as :func:`pyengine.deploy.onnx_export.trace_purifier` takes them."""
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    objective = exportable(purifier.objective)
+    objective = exportable(purifier.objective, precision=precision)
     objective.prepare(batch, height, width)
     step_rule = purifier.step
-    gradient = InputGradient(objective, batch, height, width)
+    gradient = InputGradient(objective, batch, height, width, loss_scale)
     return objective, PurifyStep(gradient, step_rule.eps, step_rule.step_size, step_rule.norm)

@@ -73,9 +73,16 @@ def _backward_decompositions() -> dict:
 DECOMPOSITIONS = _backward_decompositions()
 
 
-def input_gradient(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``loss(x, *rest) -> Tensor[N]`` -> ``grad(x, *rest)``: d(sum of the losses)/dx."""
-    return torch.func.grad(lambda x, *rest: loss(x, *rest).sum())
+def input_gradient(loss: Callable[..., torch.Tensor], scale: float = 1.0) -> Callable[..., torch.Tensor]:
+    """``loss(x, *rest) -> Tensor[N]`` -> ``grad(x, *rest)``: d(``scale`` * sum of the losses)/dx.
+
+    A power-of-two ``scale`` multiplies every tensor of the backward pass exactly (barring
+    overflow), so the gradient's signs and directions are those of scale 1; in fp16 it lifts
+    the backward out of the range where it underflows (:mod:`pyengine.deploy.onnx_export`).
+    """
+    if scale == 1:
+        return torch.func.grad(lambda x, *rest: loss(x, *rest).sum())
+    return torch.func.grad(lambda x, *rest: loss(x, *rest).sum() * scale)
 
 
 def lower(fn: Callable[..., torch.Tensor], example_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:

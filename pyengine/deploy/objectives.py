@@ -15,6 +15,7 @@ randomness at test time, so their graphs take no random inputs.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from typing import Callable
 
@@ -27,6 +28,7 @@ from ..soap.objectives import ConsistencyObjective, ReconstructionObjective, Rot
 from .views import render_views
 
 _EXPORTABLE: dict[type, Callable[[nn.Module], "ExportableObjective"]] = {}
+PRECISIONS = ("fp32", "fp16")
 
 
 class ExportableObjective(nn.Module):
@@ -52,6 +54,16 @@ class ExportableObjective(nn.Module):
     def loss(self, x: torch.Tensor, *randoms: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def to_fp16(self) -> None:
+        """Compute the network part in fp16 from now on (default: not offered)."""
+        raise ValueError(f"fp16 export is implemented for the contrastive objective only, not {self.name!r}: "
+                         "export it with precision='fp32'")
+
+
+def fp16_copy(module: nn.Module) -> nn.Module:
+    """A frozen fp16 copy of ``module`` (weights and buffers), in the standard layout."""
+    return copy.deepcopy(module).half().to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
+
 
 def register_exportable(objective_type: type) -> Callable:
     def wrap(cls):
@@ -60,11 +72,17 @@ def register_exportable(objective_type: type) -> Callable:
     return wrap
 
 
-def exportable(objective: nn.Module) -> ExportableObjective:
-    """The exportable form of an engine objective; TypeError for objectives without one."""
+def exportable(objective: nn.Module, *, precision: str = "fp32") -> ExportableObjective:
+    """The exportable form of an engine objective (``precision``: "fp32", or "fp16" where the
+    objective offers it); TypeError for objectives without one."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     for kind in type(objective).__mro__:
         if kind in _EXPORTABLE:
-            return _EXPORTABLE[kind](objective)
+            out = _EXPORTABLE[kind](objective)
+            if precision == "fp16":
+                out.to_fp16()
+            return out
     known = ", ".join(sorted(k.__name__ for k in _EXPORTABLE))
     raise TypeError(f"no ONNX export for objective {type(objective).__name__}; exportable objectives: "
                     f"{known} (register one with pyengine.deploy.objectives.register_exportable)")
@@ -72,7 +90,13 @@ def exportable(objective: nn.Module) -> ExportableObjective:
 
 @register_exportable(ContrastiveObjective)
 class ExportableContrastive(ExportableObjective):
-    """L_s of Eq. 4 with the views given as ``view_params: Tensor[V*N, NUM_VIEW_PARAMS]`` (view-major)."""
+    """L_s of Eq. 4 with the views given as ``view_params: Tensor[V*N, NUM_VIEW_PARAMS]`` (view-major).
+
+    After :meth:`to_fp16` the backbone and head (weights, activations and their backward)
+    run in fp16 on views rendered in fp32; the loss over the bank stays fp32, like the
+    engine's autocast path: a softmax over thousands of negatives at temperature 0.2 is
+    where fp16's 11-bit mantissa would lose the differences between the logits.
+    """
 
     name = "contrastive"
 
@@ -86,6 +110,16 @@ class ExportableContrastive(ExportableObjective):
                              "one or call build_bank(clean_images) before exporting")
         self.objective = objective
         self.views = objective.views
+        self.classifier16 = self.head16 = None
+
+    def to_fp16(self) -> None:
+        self.classifier16, self.head16 = fp16_copy(self.objective.classifier), fp16_copy(self.objective.head)
+
+    def embed(self, views: torch.Tensor) -> torch.Tensor:
+        """Tensor[M, 3, H, W] fp32 -> z Tensor[M, D] fp32 (through the fp16 copies after :meth:`to_fp16`)."""
+        if self.classifier16 is None:
+            return self.objective.embed(views)
+        return self.head16(self.classifier16.forward_features(views.half())).float()
 
     def random_inputs(self, n, h, w):
         return {"view_params": (self.views.n_views * n, NUM_VIEW_PARAMS)}
@@ -101,7 +135,7 @@ class ExportableContrastive(ExportableObjective):
 
     def loss(self, x, view_params):
         h, w = x.shape[-2:]
-        z = self.objective.embed(render_views(x, view_params, h, w))
+        z = self.embed(render_views(x, view_params, h, w))
         return contrastive_loss_reference(z, self.views.n_views, self.objective.temperature, self.objective.bank)
 
 

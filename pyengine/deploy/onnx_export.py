@@ -7,7 +7,7 @@ ONNX: the unrolled model is the random start, K copies of the step (sharing one 
 weights) and the classifier; the one-step model is the step followed by the classifier.
 Tracing the step once keeps export time flat in K. Node names carry the part they belong
 to (``start/``, ``step{k}/``, ``classify/``; min-aux: ``radius{e}/step{k}/``, ``select/``):
-TensorRT's fp16 build keeps everything but ``classify/`` in fp32. The assembled models
+TensorRT's fp16 build of an fp32 export keeps everything but ``classify/`` in fp32. The assembled models
 compute what :class:`.graph.PurifyClassify` and :class:`.graph.PurifyOneStep` compute in
 PyTorch (exporting those directly works too, at K times the export time).
 
@@ -21,6 +21,21 @@ starts from the input itself (``start_noise`` is zeros). SOAP's min-aux selectio
 for each distinct radius, L_aux of each result (and of x, radius 0), a per-image ArgMin
 (ties to the smaller radius) and GatherElements; outputs ``logits``, ``purified`` and the
 chosen ``radius [N]``. A JSON sidecar (``<model>.json``) carries what the runtime needs.
+
+fp16 (``precision="fp16"``, the contrastive objective): the backbone and head run in fp16,
+weights and activations, in the step's forward and backward and in the classifier, where
+nearly all the FLOPs are; the iterate, the rendered views, the loss over the bank (a
+softmax over thousands of negatives) and the projection stay fp32, and the graph's inputs
+and outputs are float32 as in the fp32 export. The L-inf step uses only the sign of the
+input gradient, so the loss is multiplied by a power of two S before the backward pass:
+every backward value is S times larger (exactly, in fp32: the fp32 step is unchanged to the
+bit), which lifts the small ones out of fp16's subnormal range (below 2^-14, fewer bits)
+and away from zero (below 2^-25). :data:`FP16_LOSS_SCALE` = 256 is what
+:func:`.sign_agreement.choose_loss_scale` gives for the largest backward value measured on
+the shipped FGSM-RS tiny checkpoint (11.8, at the head's output, 64 CIFAR-10 images): the
+largest power of two that keeps it 16x below fp16's maximum, 65,504. On them the scale changes little (the
+backward is well scaled: per-image losses are summed, not averaged, and 1/temperature = 5);
+docs/BENCHMARKS.md has the measured sign agreement with and without it.
 """
 from __future__ import annotations
 
@@ -41,6 +56,7 @@ from ..soap.select import MinAuxPurifier
 from .graph import PurifyStep, PurifyStepAtRadius, build_modules
 from .lowering import lower
 from .objectives import ExportableObjective
+from .precision import FP16_LOSS_SCALE, Fp16Classifier, check_loss_scale
 
 FORMAT = "pyengine-onnx-purifier"
 FORMAT_VERSION = 1
@@ -184,6 +200,8 @@ class TracedPurifier:
     random_shapes: dict[str, tuple[int, ...]]
     step: PurifyStep  # the traced step in PyTorch (PurifyClassify(classifier, step, K) is the unrolled model)
     loss_model: onnx.ModelProto | None = None  # (x) -> loss [N]: the objective, for min-aux's selection
+    precision: str = "fp32"
+    loss_scale: float = 1.0
 
     @property
     def num_classes(self) -> int:
@@ -191,18 +209,26 @@ class TracedPurifier:
 
 
 def trace_purifier(purifier: Purifier | MinAuxPurifier, batch: int = 1, *,
-                   image_size: tuple[int, int] | None = None, opset: int = 17) -> TracedPurifier:
+                   image_size: tuple[int, int] | None = None, opset: int = 17, precision: str = "fp32",
+                   loss_scale: float | None = None) -> TracedPurifier:
     """Export one step and the classifier (the slow part of :func:`export_onnx`, independent of
-    K and form), and for a :class:`~pyengine.soap.MinAuxPurifier` the objective too."""
+    K and form), and for a :class:`~pyengine.soap.MinAuxPurifier` the objective too.
+
+    ``precision="fp16"`` (contrastive objective): the backbone and head, in the step's forward
+    and backward and in the classifier, run in fp16; the iterate, the views, the loss over
+    the bank and the projection stay fp32 (module doc). ``loss_scale``: a power of two
+    multiplying the loss before the backward pass (default :data:`FP16_LOSS_SCALE` in fp16,
+    1 in fp32); it changes no step."""
     min_aux = isinstance(purifier, MinAuxPurifier)
     if not isinstance(purifier, Purifier) and not min_aux:
         raise TypeError(f"purifier must be a pyengine Purifier or MinAuxPurifier, got {type(purifier).__name__}")
+    loss_scale = check_loss_scale(loss_scale, precision)
     h, w = image_size or _default_size(purifier)
     source = (getattr(purifier, "manifest", None) or {}).get("model_source")
     if source and (h, w) != tuple(purifier.image_size):
         raise ValueError(f"image_size {h}x{w}: the checkpoint defends {source['source']} at "
                          f"{purifier.image_size[0]}x{purifier.image_size[1]} pixels only")
-    objective, step = build_modules(purifier, batch, h, w)
+    objective, step = build_modules(purifier, batch, h, w, precision=precision, loss_scale=loss_scale)
     x = torch.rand(batch, 3, h, w)
     randoms = objective.draw(batch, h, w, generator=torch.Generator().manual_seed(0))
     shapes = objective.random_inputs(batch, h, w)
@@ -214,16 +240,18 @@ def trace_purifier(purifier: Purifier | MinAuxPurifier, batch: int = 1, *,
     # Distinct tensors for x0 and xk: the tracer would alias one tensor passed twice into one input.
     step_model = _to_onnx(radius_step, (x, x.clone(), eps, *randoms), ["x0", "xk", "eps", *shapes], ["x_next"],
                           opset)
-    classify_model = _to_onnx(purifier.classifier, (x,), ["x"], ["logits"], opset)
+    classifier = Fp16Classifier(objective.classifier16) if precision == "fp16" else purifier.classifier
+    classify_model = _to_onnx(classifier, (x,), ["x"], ["logits"], opset)
     loss_model = None
     if min_aux:  # L_aux of each radius's result, for the selection (the lambda: make_fx counts a method's self)
         loss_model = _to_onnx(lower(lambda xs: objective.loss(xs), [x]), (x,), ["x"], ["loss"], opset)
     return TracedPurifier(purifier, objective, batch, (h, w), opset, step_model, classify_model, shapes, step,
-                          loss_model)
+                          loss_model, precision, loss_scale)
 
 
 def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: int | None = None, batch: int = 1, *,
-                opset: int = 17, unrolled: bool = True, image_size: tuple[int, int] | None = None) -> Path:
+                opset: int = 17, unrolled: bool = True, image_size: tuple[int, int] | None = None,
+                precision: str = "fp32", loss_scale: float | None = None) -> Path:
     """Write ``path`` (.onnx) and its JSON sidecar; -> the model path.
 
     Args:
@@ -235,6 +263,8 @@ def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: in
         opset: ONNX opset, 13..18 (TensorRT 8.5/8.6 read up to 17).
         unrolled: K steps in one graph (True) or one step the runtime calls K times.
         image_size: (H, W); default: the architecture's input size (32x32 for CIFAR models).
+        precision, loss_scale: as :func:`trace_purifier` takes them ("fp16": the network in
+            fp16, the loss scaled by a power of two; inputs and outputs stay float32).
     """
     if sidecar_path(path) == Path(path):
         raise ValueError(f"path {path}: the model's JSON sidecar takes that name and would overwrite the model; "
@@ -251,7 +281,8 @@ def export_onnx(purifier: Purifier | TracedPurifier, path: str | Path, steps: in
         if steps != engine.steps:
             raise ValueError(f"this min-aux purifier runs T={engine.steps} steps (its radii grid depends on T); "
                              f"got steps={steps}: load it with steps={steps} instead")
-    traced = traced or trace_purifier(engine, batch, image_size=image_size, opset=opset)
+    traced = traced or trace_purifier(engine, batch, image_size=image_size, opset=opset, precision=precision,
+                                      loss_scale=loss_scale)
     model = assemble(traced, steps, unrolled)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -404,7 +435,11 @@ def _sidecar(traced: TracedPurifier, path: Path, unrolled: bool, steps: int, inp
         "random_inputs": {n: list(s) for n, s in traced.random_shapes.items()},
         "inputs": [{"name": n, "shape": s, "dtype": "float32", "doc": _INPUT_DOC.get(n, "")} for n, s in inputs],
         "outputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in outputs],
-        "fp32_required": "every node outside classify/ (input gradients underflow in fp16)",
+        "precision": {"network": traced.precision, "loss_scale": traced.loss_scale,
+                      "fp32": "the iterate, the views, the loss over the bank, the projection"},
+        "fp32_required": ("none beyond the graph's own types (fp16 network, loss scaled before the backward pass)"
+                          if traced.precision == "fp16" else
+                          "every node outside classify/ (input gradients underflow in fp16 without a loss scale)"),
         "source": {"architecture": getattr(clf, "model_name", None) or manifest.get("model_source", {}).get("source"),
                    "checkpoint": manifest.get("path"),
                    "pyengine": _version(), "torch": torch.__version__, "onnx": onnx.__version__},

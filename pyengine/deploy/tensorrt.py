@@ -1,14 +1,18 @@
 """TensorRT plans from exported purifiers, and a runner (optional: needs ``import tensorrt``).
 
 ``build_engine`` parses the ONNX model with TensorRT's ONNX parser and serialises a plan.
-With ``fp16=True`` the classifier (nodes under ``classify/``) may run in fp16 while every
-layer of the purification steps is pinned to fp32 (layer precision and output types, with
-``OBEY_PRECISION_CONSTRAINTS``): the input gradients are ~1e-6 and underflow in fp16,
-flipping the signs that drive the steps. :class:`TensorRTRunner` runs a plan with device
-buffers from cuda-python (no torch). This module imports only numpy (TensorRT and cuda-python
-on use), so the edge kit in ``export/`` loads it from its file on devices without torch.
-Untested: none of the machines this project runs on has TensorRT (see export/README.md); it is
-written against TensorRT's documented Python API (8.5+: named tensors, ``execute_async_v3``).
+With ``fp16=True`` the classifier (nodes under ``classify/``) of an fp32 export may run in
+fp16 while every layer of the purification steps is pinned to fp32 (layer precision and
+output types, with ``OBEY_PRECISION_CONSTRAINTS``): without a loss scale the backward pass
+can underflow in fp16 and flip the signs that drive the steps. An fp16 export
+(``export_onnx(..., precision="fp16")``: the network in fp16 with its loss scaled by a power
+of two, the rest fp32) carries its precisions in its types: the build keeps the layers with
+fp16 outputs in fp16 and pins the others to fp32. :class:`TensorRTRunner` runs a plan with
+device buffers from cuda-python (no torch). This module imports only numpy (TensorRT and
+cuda-python on use), so the edge kit in ``export/`` loads it from its file on devices without
+torch. Untested: none of the machines this project runs on has TensorRT (see
+export/README.md); it is written against TensorRT's documented Python API (8.5+: named
+tensors, ``execute_async_v3``), and the fp16 export's typed build is untested likewise.
 """
 from __future__ import annotations
 
@@ -68,10 +72,23 @@ def fp32_layers(network, prefix: str = FP16_SAFE_PREFIX) -> list:
             if not (layer.name.startswith(prefix) or prefix in (getattr(layer, "metadata", "") or ""))]
 
 
+def typed_fp32_layers(network, trt) -> list:
+    """Layers of an fp16 export that must stay fp32: those without an fp16 output."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return [layer for layer in layers
+            if not any(layer.get_output(i).dtype == trt.float16 for i in range(layer.num_outputs))]
+
+
+def _has_fp16(network, trt) -> bool:
+    return any(network.get_layer(i).get_output(j).dtype == trt.float16
+               for i in range(network.num_layers) for j in range(network.get_layer(i).num_outputs))
+
+
 def build_engine(onnx_path, plan_path, *, fp16: bool = False, workspace_gib: float = 2.0, verbose: bool = False) -> Path:
     """Parse ``onnx_path``, build and write the serialised plan to ``plan_path``; -> the plan path.
 
     ``fp16``: let the classifier use fp16 kernels; the purification stays fp32 (module doc).
+    A model exported in fp16 builds in its own precisions whatever ``fp16`` says.
     Raises :class:`TensorRTUnavailable` without TensorRT, ValueError when parsing fails.
     """
     trt = import_tensorrt()
@@ -89,12 +106,14 @@ def build_engine(onnx_path, plan_path, *, fp16: bool = False, workspace_gib: flo
                          f"(run `pyengine export check --onnx {onnx_path} --trt <version>` for a static check)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if fp16:
+    typed = _has_fp16(network, trt)
+    if fp16 or typed:
         if not builder.platform_has_fast_fp16:
-            raise ValueError("fp16 requested but this GPU has no fast fp16; build with fp16=False")
+            raise ValueError("fp16 requested (or an fp16 export) but this GPU has no fast fp16; build an fp32 "
+                             "export with fp16=False")
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        for layer in fp32_layers(network):
+        for layer in typed_fp32_layers(network, trt) if typed else fp32_layers(network):
             layer.precision = trt.float32
             for i in range(layer.num_outputs):
                 if layer.get_output(i).dtype in (trt.float32, trt.float16):

@@ -4,7 +4,9 @@ Both purifiers come from the same checkpoint and see the same adversarial exampl
 static attack on the undefended classifier) and the same draws (counter-based, keyed by
 image index, so batching does not matter). The check passes when the robust-accuracy gain
 of the fast path (purified minus undefended) is within ``tolerance`` points of the
-reference path's gain.
+reference path's gain. Under an adaptive attack (BPDA, ...) each path is attacked through
+its own defense; the verdict compares their robust accuracies. The same check compares a
+step schedule (K, step size) with the paper's (:mod:`.schedules`).
 """
 from __future__ import annotations
 
@@ -50,76 +52,129 @@ def _correct(classifier, x, y) -> torch.Tensor:
     return (classifier(x).argmax(1) == y).cpu()
 
 
-def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack: str = "pgd10",
-                 eps: float = 8 / 255, batch_size: int = 500, seed: int = 0, tolerance: float = 0.5,
-                 robust_only: bool = False, progress: bool = True) -> dict:
-    """Accuracies (percent) of the undefended classifier and both paths, clean and under
-    ``attack``, the two robust-accuracy gains, their difference and the verdict.
-    ``robust_only`` skips purifying the clean images (half the time; the verdict needs only
-    the attacked ones). ``provenance`` holds the record of :mod:`pyengine.provenance`.
-    A fast path with ``compile`` is warmed up for ``batch_size`` first (not timed: a serving
-    process pays it once); with ``early_exit`` the report gives its mean steps per image."""
-    started = utc_now()
-    device = next(reference.classifier.parameters()).device
-    if fast.compile:
-        fast.warmup([min(batch_size, len(data))], image_size=tuple(data.images.shape[-2:]))
-    steps_taken = []  # the fast path's steps per attacked image (fewer than K with early exit)
-    attacker = build_attack(attack, classifier=reference.classifier, eps=eps, seed=seed)
+def evaluate_path(purifier: Purifier, data: ImageSet, *, attack: str = "pgd10", eps: float = 8 / 255,
+                  batch_size: int = 500, seed: int = 0, robust_only: bool = False, progress: bool = True,
+                  desc: str = "parity", static_cache: dict | None = None) -> dict:
+    """One path's per-image results on ``data``: ``correct`` (BoolTensor[n] per key:
+    ``standard_clean``, ``standard_robust``, ``clean`` unless ``robust_only``, ``robust``),
+    ``seconds`` (purification time), ``purified`` (the attacked images purified, on the
+    CPU, to compare two paths' outputs) and ``mean_steps`` (steps per attacked image: fewer
+    than K with early exit).
+
+    A static ``attack`` is made on the undefended classifier, so every path sees the same
+    adversarial images; an adaptive one (``bpda-pgd10``, ...) attacks this path's defense,
+    with the draws the defense then purifies with (the "deterministic" evaluation), and
+    ``standard_robust`` is the undefended classifier on this path's adversarial images.
+    ``static_cache`` (a dict shared by the paths compared) keeps a static attack's images
+    from the first path, so a path whose classifier runs in another layout or precision
+    (channels_last, compiled) is not handed slightly different ones. Purification draws are
+    counter-based per image: paths evaluated separately see the same draws."""
+    device = next(purifier.classifier.parameters()).device
+    attacker = build_attack(attack, classifier=purifier.classifier, purifier=purifier, eps=eps, seed=seed + 2)
+    adaptive = bool(getattr(attacker, "adaptive", False))
+    # An adaptive attack replays the draws that purify the attacked images (seed + 2 below).
+    attack_seed = seed + 2 if adaptive else seed
     splits = ("robust",) if robust_only else ("clean", "robust")
-    correct = {key: [] for key in ("standard_clean", "standard_robust",
-                                   *(f"{path}_{split}" for path in ("reference", "fast") for split in splits))}
-    seconds = {"reference": 0.0, "fast": 0.0}
-    max_difference = 0.0  # largest pixel difference between the two paths' purified images
-    for start in tqdm(range(0, len(data), batch_size), desc="parity", disable=not progress):
+    correct = {key: [] for key in ("standard_clean", "standard_robust", *splits)}
+    seconds, purified_robust, steps_taken = 0.0, [], []
+    # The trace (one more loss evaluation) only where it says something: early exit's steps.
+    trace = purifier.early_exit is not None
+    for start in tqdm(range(0, len(data), batch_size), desc=desc, disable=not progress):
         index = torch.arange(start, min(start + batch_size, len(data)))
         x = data.images[index].to(device).float() / 255
         y = data.labels[index].to(device)
-        x_adv = attacker.perturb(x, y, generator=CounterRandom(seed, index))
-        correct["standard_clean"].append(_correct(reference.classifier, x, y))
-        correct["standard_robust"].append(_correct(reference.classifier, x_adv, y))
-        inputs_of = {"clean": x, "robust": x_adv}
-        purified = {}
-        for name, purifier in (("reference", reference), ("fast", fast)):
-            for split in splits:
-                inputs = inputs_of[split]
-                # The same draws for both paths (and a different stream for clean and attacked inputs).
-                rng = CounterRandom(seed + (1 if split == "clean" else 2), index)
-                # The trace (one more loss evaluation) only where it says something: early exit's steps.
-                trace = name == "fast" and purifier.early_exit is not None
-                result, elapsed = _timed(device, lambda: purifier.purify(inputs, generator=rng, return_trace=trace))
-                purified[name, split] = result.images if trace else result
-                seconds[name] += elapsed
-                if name == "fast" and split == "robust":
-                    steps_taken.append(result.steps_taken if trace else torch.full((len(index),), purifier.steps))
-                correct[f"{name}_{split}"].append(_correct(purifier.classifier, purified[name, split], y))
-        difference = (purified["fast", "robust"] - purified["reference", "robust"]).abs().max().item()
-        max_difference = max(max_difference, 255 * difference)
-    flags = {key: torch.cat(values) for key, values in correct.items()}
+        if adaptive or static_cache is None:
+            x_adv = attacker.perturb(x, y, generator=CounterRandom(attack_seed, index))
+        else:
+            key = (attack, eps, seed, start, len(index))
+            if key not in static_cache:
+                static_cache[key] = attacker.perturb(x, y, generator=CounterRandom(attack_seed, index))
+            x_adv = static_cache[key]
+        correct["standard_clean"].append(_correct(purifier.classifier, x, y))
+        correct["standard_robust"].append(_correct(purifier.classifier, x_adv, y))
+        for split in splits:
+            inputs = x if split == "clean" else x_adv
+            # A different stream for clean and attacked inputs.
+            rng = CounterRandom(seed + (1 if split == "clean" else 2), index)
+            result, elapsed = _timed(device, lambda: purifier.purify(inputs, generator=rng, return_trace=trace))
+            out = result.images if trace else result
+            seconds += elapsed
+            correct[split].append(_correct(purifier.classifier, out, y))
+            if split == "robust":
+                purified_robust.append(out.detach().float().cpu())
+                steps_taken.append(result.steps_taken if trace else torch.full((len(index),), purifier.steps))
+    return {"correct": {key: torch.cat(values) for key, values in correct.items()}, "seconds": seconds,
+            "purified": torch.cat(purified_robust), "adaptive": adaptive,
+            "mean_steps": torch.cat(steps_taken).float().mean().item()}
+
+
+def compare_paths(reference: dict, fast: dict, tolerance: float = 0.5) -> dict:
+    """Two :func:`evaluate_path` results on the same images -> accuracies (percent), the
+    robust-accuracy gains over the undefended classifier, their difference, the images only
+    one path defends with their sign test, and the verdict (difference within ``tolerance``)."""
+    ref, new = reference["correct"], fast["correct"]
+    if ref["robust"].shape != new["robust"].shape:
+        raise ValueError(f"the paths were evaluated on {ref['robust'].numel()} and {new['robust'].numel()} images")
+    flags = {"standard_clean": ref["standard_clean"], "standard_robust": ref["standard_robust"]}
+    for name, result in (("reference", ref), ("fast", new)):
+        flags.update({f"{name}_{split}": result[split] for split in ("clean", "robust") if split in result})
     acc = {key: 100 * value.float().mean().item() for key, value in flags.items()}
     # Images one path defends and the other does not: the gain difference is their balance,
     # and their total says how much of it chance alone could produce (a sign test).
-    fast_only = int((flags["fast_robust"] & ~flags["reference_robust"]).sum())
-    reference_only = int((flags["reference_robust"] & ~flags["fast_robust"]).sum())
+    fast_only = int((new["robust"] & ~ref["robust"]).sum())
+    reference_only = int((ref["robust"] & ~new["robust"]).sum())
+    # Under an adaptive attack each path has its own adversarial images; the gain of each is
+    # over the undefended classifier on the reference path's, so the difference stays the balance.
     gain_reference = acc["reference_robust"] - acc["standard_robust"]
     gain_fast = acc["fast_robust"] - acc["standard_robust"]
-    record = provenance(data=data, started=started, device=device)
+    difference = (fast["purified"] - reference["purified"]).abs().max().item()
     return {
-        "n": len(data), "attack": attack, "eps": eps, "seed": seed, "tolerance_points": tolerance,
-        "device": record["device"],  # on a CPU with its ISA flags: bf16 speed depends on them
-        "reference_path": REFERENCE_PATH,
-        "fast_path": {"precision": fast.precision, "cuda_graph": fast.cuda_graph, "channels_last": fast.channels_last,
-                      "compile": fast.compile, "autocast_dtype": str(fast.autocast_dtype(device) or torch.float32),
-                      "fold_batchnorm": fast.fold_batchnorm,
-                      "early_exit": None if fast.early_exit is None else vars(fast.early_exit)},
-        "steps": fast.steps,
-        "fast_mean_steps": torch.cat(steps_taken).float().mean().item(),
         "accuracy": acc, "gain_reference": gain_reference, "gain_fast": gain_fast,
         "gain_difference": gain_fast - gain_reference,
         "robust_disagreements": {"fast_only": fast_only, "reference_only": reference_only,
                                  "sign_test_p": sign_test_p(fast_only, reference_only)},
-        "max_pixel_difference_255": max_difference,
-        "purify_seconds": seconds,
+        "max_pixel_difference_255": 255 * difference,
+        "purify_seconds": {"reference": reference["seconds"], "fast": fast["seconds"]},
+        "fast_mean_steps": fast["mean_steps"],
         "passed": abs(gain_fast - gain_reference) <= tolerance,
+    }
+
+
+def describe_path(purifier: Purifier, device: torch.device) -> dict:
+    """The settings that make a path: precision, CUDA graph, layout, compilation, batch-norm
+    folding, early exit, schedule."""
+    return {"precision": purifier.precision, "cuda_graph": purifier.cuda_graph,
+            "channels_last": purifier.channels_last, "compile": purifier.compile,
+            "fold_batchnorm": purifier.fold_batchnorm,
+            "early_exit": None if purifier.early_exit is None else vars(purifier.early_exit),
+            "autocast_dtype": str(purifier.autocast_dtype(device) or torch.float32),
+            "steps": purifier.steps, "step_size": purifier.step.step_size, "eps": purifier.step.eps}
+
+
+def check_parity(reference: Purifier, fast: Purifier, data: ImageSet, *, attack: str = "pgd10",
+                 eps: float = 8 / 255, batch_size: int = 500, seed: int = 0, tolerance: float = 0.5,
+                 robust_only: bool = False, progress: bool = True) -> dict:
+    """Accuracies (percent) of the undefended classifier and both paths, clean and under
+    ``attack`` (static, or adaptive: see :func:`evaluate_path`), the two robust-accuracy
+    gains, their difference and the verdict. ``robust_only`` skips purifying the clean
+    images (half the time; the verdict needs only the attacked ones). ``provenance`` holds
+    the record of :mod:`pyengine.provenance`. A fast path with ``compile`` is warmed up for
+    ``batch_size`` first (not timed: a serving process pays it once)."""
+    started = utc_now()
+    device = next(reference.classifier.parameters()).device
+    if fast.compile:
+        fast.warmup([min(batch_size, len(data))], image_size=tuple(data.images.shape[-2:]))
+    options = dict(attack=attack, eps=eps, batch_size=batch_size, seed=seed, robust_only=robust_only,
+                   progress=progress, static_cache={})
+    ref = evaluate_path(reference, data, desc="parity: reference", **options)
+    new = evaluate_path(fast, data, desc="parity: fast", **options)
+    record = provenance(data=data, started=started, device=device)
+    return {
+        "n": len(data), "attack": attack, "adaptive": ref["adaptive"], "eps": eps, "seed": seed,
+        "tolerance_points": tolerance,
+        "device": record["device"],  # on a CPU with its ISA flags: bf16 speed depends on them
+        "reference_path": describe_path(reference, device), "fast_path": describe_path(fast, device),
+        **compare_paths(ref, new, tolerance),
         "provenance": record,
     }
 
@@ -138,13 +193,18 @@ def sign_test_p(wins: int, losses: int) -> float:
 def markdown(report: dict) -> str:
     acc = report["accuracy"]
     fast = report["fast_path"]
+    ref = report["reference_path"]
+    schedule = (f", K = {fast['steps']} at step {fast['step_size'] * 255:.3g}/255 against K = {ref['steps']} at "
+                f"{ref['step_size'] * 255:.3g}/255" if "steps" in fast and
+                (fast["steps"], fast["step_size"]) != (ref["steps"], ref["step_size"]) else "")
     exit_rule = fast.get("early_exit")
     early = (f", early exit {exit_rule['tolerance']:g} over {exit_rule['window']} steps "
-             f"(mean {report['fast_mean_steps']:.1f} of K = {report['steps']} steps)") if exit_rule else ""
+             f"(mean {report['fast_mean_steps']:.1f} of K = {fast['steps']} steps)") if exit_rule else ""
     lines = [f"Parity of the fast path ({fast['autocast_dtype']}, CUDA graph {fast['cuda_graph']}, "
              f"channels_last {fast['channels_last']}, compile {fast.get('compile', False)}, "
-             f"BN folding {fast.get('fold_batchnorm', False)}{early}) "
-             f"against the fp32 reference path: {report['n']} images, {report['attack']} at eps "
+             f"BN folding {fast.get('fold_batchnorm', False)}{early}{schedule}) "
+             f"against the reference path ({ref.get('autocast_dtype', 'torch.float32')}): {report['n']} images, "
+             f"{report['attack']} at eps "
              f"{report['eps'] * 255:.0f}/255, device {report['device']}", "",
              "| path | clean | robust | robust gain | purify time |", "| --- | ---: | ---: | ---: | ---: |",
              f"| undefended | {acc['standard_clean']:.2f}% | {acc['standard_robust']:.2f}% | — | — |"]
