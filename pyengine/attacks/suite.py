@@ -9,6 +9,8 @@ static (on the undefended classifier)
     ``soap-pgd20``, ``soap-cw``, ``soap-deepfool`` (``soap-table2`` in a list: all four).
 adaptive (on the defense; need ``purifier=``)
     ``aware-pgdN@L`` / ``aware-cwN@L`` / ``aware-pgdl2-N@L``: defense-aware, lam = L (Eq. 8);
+    ``aware-bimN@beta=B``: SOAP's weight beta = B on its paper's scale (converted to lam by
+    :func:`pyengine.soap.beta_to_lam`; SOAP's own adaptive attack is ``aware-bim20@beta=B``);
     ``S[-eot[E]]-G`` with surrogate ``S`` in ``bpda``, ``bpda-iterates``, ``unrolled`` and a
     gradient attack ``G`` in ``pgdN``, ``bimN``, ``cwN``, ``pgdl2-N``, ``fgsm`` or ``apgd``
     (APGD-CE + APGD-DLR). Without ``-eot`` the attacker replays the defender's draws
@@ -40,7 +42,7 @@ from .paper import SOAP_TABLE2, soap_attack
 
 EXAMPLES = (
     "fgsm", "pgd50", "pgd200", "pgdl2-50", "bim200", "cw200", "cwl2", "deepfool", "autoattack",
-    "aware-pgd50@4", "bpda-pgd50", "bpda-eot-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50",
+    "aware-pgd50@4", "aware-bim20@beta=0.5", "bpda-pgd50", "bpda-eot-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50",
     "unrolled-eot-pgd50", "unrolled-eot4-pgd50", "apgd-eot", "unrolled-apgd-eot", "transfer-pgd50", *SOAP_TABLE2,
 )
 # "adaptive" in a spec list: the attacks whose per-image worst case is the adaptive number.
@@ -131,17 +133,24 @@ def build_attack(spec: str, *, classifier: nn.Module | None = None, purifier: nn
     if purifier is None:
         raise ValueError(f"attack {spec!r} is adaptive (it attacks the defense): pass purifier=")
     if aware:
+        text = aware["lam"]
+        paper_scale = text.startswith("beta=")  # SOAP's beta (its Figure 5 axis), not lam
+        text = text[len("beta="):] if paper_scale else text
         try:
-            lam = float(aware["lam"])
+            lam = float(text)
         except ValueError:
             raise ValueError(f"attack spec {spec!r}: lambda must be a number, got {aware['lam']!r}") from None
         if not math.isfinite(lam):
             raise ValueError(f"attack spec {spec!r}: lambda must be a finite number, got {aware['lam']!r}")
+        if paper_scale and getattr(purifier.objective, "task", None) is None:
+            raise ValueError(f"attack spec {spec!r}: beta= is SOAP's scale, but the purifier's objective is "
+                             f"{type(purifier.objective).__name__}: write @<lam>")
         parts = _GRADIENT.match(aware["base"])
         if parts is None or parts["fgsm"]:
             raise _unknown(name, " (aware- takes pgd<N>, cw<N>, bim<N> or pgdl2-<N>)")
         kind, steps, attack_norm, attack_eps = _gradient_parts(parts, name, eps, norm, l2_eps)
-        return DefenseAwarePGD(classifier, purifier.objective, lam, eps=attack_eps, steps=steps, norm=attack_norm,
+        weight = {"beta": lam} if paper_scale else {"lam": lam}
+        return DefenseAwarePGD(classifier, purifier.objective, **weight, eps=attack_eps, steps=steps, norm=attack_norm,
                                step_size=step_size, random_start=kind != "bim",
                                loss="margin" if kind == "cw" else "ce", name=name)
 

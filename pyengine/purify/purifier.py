@@ -79,12 +79,14 @@ class Purifier(nn.Module):
             Tensor[N, D]`` taking images in [0, 1] (registered models do; wrap others with
             :class:`pyengine.models.HookedFeatures`).
         head: the contrastive head G (ignored when ``objective`` is given).
-        objective: L_s; default :class:`ContrastiveObjective` (Eq. 4) with ``n_views``,
+        objective: L_s; default :class:`ContrastiveObjective` (Eq. 4) with ``views`` (default
+            ``ViewSampler(n_views=n_views)``; ``ViewSampler.published()`` is Mao et al.'s code's),
             ``temperature``, ``negatives`` and ``bank``.
         step: the step rule; default :class:`ProjectedStep` with ``eps``, ``step_size``,
             ``norm`` and ``random_start``.
         steps: K, the number of purification steps (paper: 40).
-        eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255).
+        eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255, in the attack's
+            norm: ``**reverse_settings(eps, norm)`` from :mod:`pyengine.purify.steps`).
         seed: when given, every call draws the same randomness (a deterministic defense);
             else the global RNG (or the ``generator`` passed to ``purify``) is used.
         precision: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or
@@ -113,7 +115,8 @@ class Purifier(nn.Module):
     def __init__(self, classifier: nn.Module, head: nn.Module | None = None, *,
                  objective: nn.Module | None = None, step: ProjectedStep | None = None,
                  steps: int = 40, eps: float = 16 / 255, step_size: float = 2 / 255, norm: str = "linf",
-                 random_start: bool = True, n_views: int = 4, temperature: float = 0.2,
+                 random_start: bool = True, n_views: int = 4, views: ViewSampler | None = None,
+                 temperature: float = 0.2,
                  negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None,
                  precision: str = "auto", cuda_graph: bool = True, channels_last: bool = True,
                  compile: bool | str = False, image_size: tuple[int, int] | None = None):
@@ -130,7 +133,7 @@ class Purifier(nn.Module):
         if objective is None:
             if head is None:
                 raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
-            objective = ContrastiveObjective(classifier, head, ViewSampler(n_views=n_views),
+            objective = ContrastiveObjective(classifier, head, views or ViewSampler(n_views=n_views),
                                              temperature=temperature, negatives=negatives, bank=bank)
         self.classifier, self.objective = classifier, objective
         self.step = step or ProjectedStep(eps, step_size, norm=norm, random_start=random_start)
@@ -288,5 +291,8 @@ class Purifier(nn.Module):
         return self.classifier(self.purify(x))
 
     def extra_repr(self) -> str:
-        return (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
+        text = (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
                 f"cuda_graph={self.cuda_graph}, channels_last={self.channels_last}, compile={self.compile!r}")
+        views = getattr(self.objective, "views", None)
+        # Named only off the default, so that runs recorded before the option keep their digest.
+        return text + (f", views={views!r}" if isinstance(views, ViewSampler) and views != ViewSampler() else "")

@@ -61,8 +61,8 @@ def load_aux_head(ckpt: Checkpoint, task: str) -> nn.Module | None:
 def load_soap_purifier(path: str | Path, method: str = "min-aux", *, aux: str | None = None,
                        map_location="cpu", eps: float = 8 / 255, delta: float = SOAP_DELTA,
                        n_radii: int = SOAP_RADII, steps: int = SOAP_STEPS, step_size: float = SOAP_STEP_SIZE,
-                       norm: str = "linf", image_size: tuple[int, int] | None | str = "checkpoint"
-                       ) -> MinAuxPurifier | Purifier:
+                       norm: str = "linf", image_size: tuple[int, int] | None | str = "checkpoint",
+                       lc_crop: float | None = None) -> MinAuxPurifier | Purifier:
     """A SOAP purifier from a checkpoint written by ``train-classifier --aux TASK``.
 
     Args:
@@ -72,6 +72,8 @@ def load_soap_purifier(path: str | Path, method: str = "min-aux", *, aux: str | 
         steps, step_size, norm: Algorithm 2 (T = 5, gamma = 4/255, L-inf on CIFAR).
         image_size: (H, W) to accept, None for any; default the checkpoint's
             (:attr:`~pyengine.models.Checkpoint.image_size`).
+        lc_crop: label consistency's view crop, default the published paper's 24/32
+            (``pyengine.soap.objectives.LC_CROP_CURRENT`` is the authors' current 28/32).
 
     The result carries the checkpoint's ``manifest``. Raises CheckpointError naming the
     missing head when the checkpoint lacks the head the objective needs.
@@ -85,7 +87,7 @@ def load_soap_purifier(path: str | Path, method: str = "min-aux", *, aux: str | 
             f"checkpoint {ckpt.manifest['path']} records no SOAP auxiliary task (manifest 'aux_task'); "
             "train one with `pyengine train-classifier --aux rotation|consistency|reconstruction`, "
             "or pass aux='consistency' to purify a plain classifier with label consistency")
-    objective = make_objective(task, ckpt.classifier, load_aux_head(ckpt, task))
+    objective = make_objective(task, ckpt.classifier, load_aux_head(ckpt, task), lc_crop=lc_crop)
     size = ckpt.image_size if image_size == "checkpoint" else image_size
     if method == "fixed":
         purifier = soap_purifier(ckpt.classifier, objective, eps=eps, steps=steps, step_size=step_size, norm=norm,
