@@ -42,7 +42,7 @@ from .paper import SOAP_TABLE2, soap_attack
 
 EXAMPLES = (
     "fgsm", "pgd50", "pgd200", "pgdl2-50", "bim200", "cw200", "cwl2", "deepfool", "autoattack",
-    "aware-pgd50@4", "aware-bim20@beta=0.5", "bpda-pgd50", "bpda-eot-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50",
+    "aware-pgd50@4", "bpda-pgd50", "bpda-eot-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50",
     "unrolled-eot-pgd50", "unrolled-eot4-pgd50", "apgd-eot", "unrolled-apgd-eot", "transfer-pgd50", *SOAP_TABLE2,
 )
 # "adaptive" in a spec list: the attacks whose per-image worst case is the adaptive number.
