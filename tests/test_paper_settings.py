@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyengine import Purifier, create_model
+from pyengine import Purifier
 from pyengine.attacks import BIM, FGSM, DefenseAwarePGD, build_attack, expand_specs
 from pyengine.attacks.paper import SOAP_TABLE2, CarliniWagnerL2, DeepFoolL2
 from pyengine.evaluation import EvalConfig
@@ -19,19 +19,7 @@ from pyengine.random import CounterRandom
 from pyengine.soap import (ConsistencyObjective, MinAuxPurifier, aux_elements, beta_to_lam, make_objective,
                            soap_purifier)
 from pyengine.soap.objectives import LC_CROP_CURRENT, LC_CROP_PAPER
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(dtype=torch.float32):
-    torch.manual_seed(0)
-    return create_model("preact_resnet_tiny").to(dtype).eval()
+from test_soap import one_thread, tiny_model  # noqa: F401 (one_thread: a module fixture, autouse)
 
 
 class Linear(torch.nn.Module):
