@@ -2,11 +2,11 @@
 from .loading import load_purifier
 from .models import HookedFeatures, create_model, list_models
 from .models.checkpoint import load_checkpoint, save_checkpoint
-from .purify import ContrastiveObjective, ProjectedStep, Purifier, ViewSampler
+from .purify import ContrastiveObjective, ProjectedStep, Purifier, PurifierLike, ViewSampler
 
 __version__ = "0.1.0"
-__all__ = ["ContrastiveObjective", "HookedFeatures", "ProjectedStep", "Purifier", "ViewSampler", "benchmark",
-           "create_model", "list_models", "load_checkpoint", "load_purifier", "save_checkpoint"]
+__all__ = ["ContrastiveObjective", "HookedFeatures", "ProjectedStep", "Purifier", "PurifierLike", "ViewSampler",
+           "benchmark", "create_model", "list_models", "load_checkpoint", "load_purifier", "save_checkpoint"]
 
 
 def __getattr__(name):

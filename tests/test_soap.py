@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyengine import create_model
+from pyengine import create_model, load_purifier
 from pyengine.attacks import PGD, Unrolled
 from pyengine.data import ImageSet, load_cifar10
 from pyengine.models import CheckpointError, save_checkpoint
 from pyengine.models.aux_heads import AUX_TASKS, ReconstructionDecoder, RotationHead, build_aux_head
 from pyengine.purify import Purifier
 from pyengine.soap import (ConsistencyObjective, MinAuxPurifier, ReconstructionObjective, RotationObjective,
-                           corrupt, crop_resize, load_soap_purifier, make_objective, oracle_purify, rotate,
+                           corrupt, crop_resize, make_objective, oracle_purify, rotate,
                            soap_purifier)
 from pyengine.train import ClassifierTrainConfig, random_crop_flip, train_classifier
 
@@ -348,32 +348,34 @@ def test_oracle_is_the_first_correct_radius_and_labelled_an_upper_bound():
 @needs_cifar
 def test_checkpoint_round_trip_and_missing_heads(trained, tmp_path):
     run = trained("reconstruction")
-    purifier = load_soap_purifier(run["path"])
+    purifier = load_purifier(run["path"])
     assert isinstance(purifier, MinAuxPurifier) and purifier.manifest["aux_task"] == "reconstruction"
     assert purifier.manifest["aux_alpha"] == 100.0 and purifier.manifest["aux_noise_sigma"] == 0.5
     assert purifier.manifest["aux_head"]["image_size"] == 16
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(purifier.objective(x), run["objective"](x))
-    fixed = load_soap_purifier(run["path"], "fixed", eps=8 / 255)
+    fixed = load_purifier(run["path"], soap_eps=8 / 255)
     assert isinstance(fixed, Purifier) and fixed.step.eps == pytest.approx(8 / 255) and fixed.steps == 5
     with pytest.raises(CheckpointError, match="lacks the 'rotation' auxiliary head.*aux_task='reconstruction'"):
-        load_soap_purifier(run["path"], aux="rotation")
-    consistency = load_soap_purifier(run["path"], aux="consistency")  # h = g: no head needed
+        load_purifier(run["path"], aux="rotation")
+    consistency = load_purifier(run["path"], aux="consistency")  # h = g: no head needed
     assert isinstance(consistency.objective, ConsistencyObjective)
 
     model = tiny_model()
     save_checkpoint(tmp_path / "plain.safetensors", model)
-    with pytest.raises(CheckpointError, match="records no SOAP auxiliary task"):
-        load_soap_purifier(tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="has no contrastive head"):  # not SOAP's: the contrastive purifier
+        load_purifier(tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="is a contrastive checkpoint, not soap"):
+        load_purifier(tmp_path / "plain.safetensors", kind="soap")
     with pytest.raises(CheckpointError, match="lacks the 'reconstruction' auxiliary head.*has no auxiliary head"):
-        load_soap_purifier(tmp_path / "plain.safetensors", aux="reconstruction")
+        load_purifier(tmp_path / "plain.safetensors", aux="reconstruction")
     save_checkpoint(tmp_path / "sizeless.safetensors", model, aux={"rotation": RotationHead(128)})
     with pytest.raises(CheckpointError, match="no 'aux_head' sizes"):
-        load_soap_purifier(tmp_path / "sizeless.safetensors", aux="rotation")
-    with pytest.raises(ValueError, match="method"):
-        load_soap_purifier(run["path"], "median")
-    from pyengine.loading import load_purifier
-
+        load_purifier(tmp_path / "sizeless.safetensors", aux="rotation")
+    with pytest.raises(ValueError, match="unknown auxiliary task 'median'"):
+        load_purifier(run["path"], aux="median")
+    with pytest.raises(ValueError, match="is a soap checkpoint, not contrastive"):
+        Purifier.from_checkpoint(run["path"])
     assert isinstance(load_purifier(run["path"], precision="fp32"), MinAuxPurifier)
     with pytest.raises(ValueError, match="SOAP checkpoint, whose purifiers run in fp32"):
         load_purifier(run["path"], precision="bf16")
@@ -387,7 +389,7 @@ def test_cli_trains_a_rotation_checkpoint(tmp_path, capsys):
     assert main(["train-classifier", "--aux", "rotation", "--alpha", "0.25", "--noise-sigma", "0.05",
                  "--epochs", "1", "--batch-size", "16", "--limit", "16", "--test-limit", "16",
                  "--data", str(CIFAR), "--out", str(out), "--threads", "1"]) == 0
-    purifier = load_soap_purifier(out)
+    purifier = load_purifier(out)
     manifest = purifier.manifest
     assert (manifest["aux_task"], manifest["aux_alpha"], manifest["aux_noise_sigma"]) == ("rotation", 0.25, 0.05)
     assert manifest["aux_head"] == {"task": "rotation", "in_features": 128, "num_rotations": 4}

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import build_attack
 from ..data import ImageSet
+from ..loading import load_purifier
 from ..models.checkpoint import read_manifest
 from ..provenance import footer, provenance, record_of, utc_now
 from ..purify import Purifier
@@ -27,11 +28,11 @@ REFERENCE_PATH = {"precision": "fp32", "cuda_graph": False, "channels_last": Fal
 
 def load_paths(checkpoint: str | Path, device: torch.device, **fast_settings) -> tuple[Purifier, Purifier]:
     """(reference, fast): the fp32 eager path and the default path of a contrastive checkpoint,
-    or the path ``fast_settings`` (Purifier keyword arguments) describe."""
+    or the path ``fast_settings`` (:func:`pyengine.load_purifier` keywords) describe."""
     if read_manifest(checkpoint).get("aux_task"):
         raise ValueError(f"{checkpoint} is a SOAP checkpoint: its purifiers run fp32 only, there is no fast path to check")
-    reference = Purifier.from_checkpoint(checkpoint, map_location=device, **REFERENCE_PATH)
-    return reference, Purifier.from_checkpoint(checkpoint, map_location=device, **fast_settings)
+    reference = load_purifier(checkpoint, map_location=device, **REFERENCE_PATH)
+    return reference, load_purifier(checkpoint, map_location=device, **fast_settings)
 
 
 def _timed(device: torch.device, fn):

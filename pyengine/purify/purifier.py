@@ -18,7 +18,7 @@ from ..errors import NonFiniteError, check_finite
 from ..random import Random, as_random
 from .graphs import CapturedDescent, GraphCache
 from .objectives import ContrastiveObjective
-from .steps import ProjectedStep
+from .steps import ProjectedStep, reverse_step_size
 from .views import ViewSampler
 
 
@@ -87,6 +87,9 @@ class Purifier(nn.Module):
         steps: K, the number of purification steps (paper: 40).
         eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255, in the attack's
             norm: ``**reverse_settings(eps, norm)`` from :mod:`pyengine.purify.steps`).
+        step_size: default :func:`~pyengine.purify.steps.reverse_step_size` (``eps / 8`` for
+            L-inf, ``eps / 256`` for L2): the papers' code's 2/255 at its eps_v (16/255 L-inf,
+            512/255 L2); a radius given without a step size keeps that ratio.
         seed: when given, every call draws the same randomness (a deterministic defense);
             else the global RNG (or the ``generator`` passed to ``purify``) is used.
         precision: ``"auto"`` (bf16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` or
@@ -112,9 +115,11 @@ class Purifier(nn.Module):
     (``pyengine parity``).
     """
 
+    manifest: dict | None = None  # the checkpoint's, set by pyengine.load_purifier
+
     def __init__(self, classifier: nn.Module, head: nn.Module | None = None, *,
                  objective: nn.Module | None = None, step: ProjectedStep | None = None,
-                 steps: int = 40, eps: float = 16 / 255, step_size: float = 2 / 255, norm: str = "linf",
+                 steps: int = 40, eps: float = 16 / 255, step_size: float | None = None, norm: str = "linf",
                  random_start: bool = True, n_views: int = 4, views: ViewSampler | None = None,
                  temperature: float = 0.2,
                  negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None,
@@ -136,7 +141,10 @@ class Purifier(nn.Module):
             objective = ContrastiveObjective(classifier, head, views or ViewSampler(n_views=n_views),
                                              temperature=temperature, negatives=negatives, bank=bank)
         self.classifier, self.objective = classifier, objective
-        self.step = step or ProjectedStep(eps, step_size, norm=norm, random_start=random_start)
+        if step is None:
+            step_size = reverse_step_size(eps, norm) if step_size is None else step_size
+            step = ProjectedStep(eps, step_size, norm=norm, random_start=random_start)
+        self.step = step
         self.steps, self.seed = steps, seed
         if compile and not hasattr(objective, "compile_backbone"):
             raise ValueError(f"compile needs an objective with compile_backbone() (ContrastiveObjective), "
@@ -150,17 +158,14 @@ class Purifier(nn.Module):
             raise ValueError(f"classifier, head and bank live on different devices: {sorted(map(str, devices))}")
 
     @classmethod
-    def from_checkpoint(cls, path, *, map_location="cpu", **kwargs) -> "Purifier":
-        """A contrastive purifier from a checkpoint holding classifier, head and bank; it
-        refuses images of another size than the checkpoint's (``image_size=None``: any)."""
-        from ..models.checkpoint import load_checkpoint
+    def from_checkpoint(cls, path, **settings) -> "Purifier":
+        """The contrastive purifier of a checkpoint holding classifier, head and bank:
+        :func:`pyengine.load_purifier` (same keywords, same defaults) for a checkpoint that
+        is not SOAP's. It refuses images of another size than the checkpoint's
+        (``image_size=None``: any)."""
+        from ..loading import load_purifier
 
-        ckpt = load_checkpoint(path, map_location=map_location)
-        kwargs.setdefault("bank", ckpt.aux.get("contrastive_bank"))
-        kwargs.setdefault("image_size", ckpt.image_size)
-        purifier = cls(ckpt.classifier, ckpt.require_head(), **kwargs)
-        purifier.manifest = ckpt.manifest
-        return purifier
+        return load_purifier(path, kind="contrastive", **settings)
 
     def train(self, mode: bool = True) -> "Purifier":
         # Purification always uses inference behaviour (BN running statistics), whatever the caller sets.

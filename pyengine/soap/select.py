@@ -70,8 +70,11 @@ class MinAuxPurifier(nn.Module):
     one: ``purify(x, generator=, return_trace=, on_step=)``, ``loss``, ``forward``,
     ``classifier``, ``objective`` (L_aux, e.g. for the auxiliary-aware attack of Eq. 9),
     ``step`` (the rule of the largest radius) and ``steps`` (T). ``image_size``: (H, W) the
-    classifier was built for, other sizes refused (None: any).
+    classifier was built for, other sizes refused (None: any). From a checkpoint:
+    :func:`pyengine.load_purifier`.
     """
+
+    manifest: dict | None = None  # the checkpoint's, set by pyengine.load_purifier
 
     def __init__(self, classifier: nn.Module, objective: nn.Module, *, delta: float = SOAP_DELTA,
                  n_radii: int = SOAP_RADII, steps: int = SOAP_STEPS, step_size: float = SOAP_STEP_SIZE,
@@ -95,12 +98,6 @@ class MinAuxPurifier(nn.Module):
         # _source[e]: the radius whose result radius e reuses (itself when computed).
         self._source = [e if not beyond or e <= beyond[0] else beyond[0] for e in range(n_radii + 1)]
         self.eval().requires_grad_(False)
-
-    @classmethod
-    def from_checkpoint(cls, path, **kwargs) -> "MinAuxPurifier":
-        from .checkpoint import load_soap_purifier
-
-        return load_soap_purifier(path, "min-aux", **kwargs)
 
     def train(self, mode: bool = True) -> "MinAuxPurifier":
         return super().train(False)

@@ -1,6 +1,10 @@
 """Command-line values with bounds: argparse types that refuse what cannot work (the CLI's
 error policy, :mod:`pyengine.errors`, asks for a bound on every number a user types), and the
-check of an output file before the work that ends by writing it."""
+check of an output file before the work that ends by writing it.
+
+:func:`parse_number` is the one number parser: every flag that takes a real number (a
+radius, a step size, a learning rate, a tolerance) reads it through :func:`number_in`, so
+``8/255`` works wherever ``0.0314`` does."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +13,7 @@ import os
 from pathlib import Path
 
 
-def parse_fraction(text: str) -> float:
+def parse_number(text: str) -> float:
     """Accept ``8/255`` as well as ``0.0314``; finite numbers only."""
     try:
         numerator, slash, denominator = text.partition("/")
@@ -39,7 +43,7 @@ def number_in(low: float, high: float, *, open_low: bool = False, open_high: boo
     """argparse type: a finite number (``8/255`` accepted) in the interval from ``low`` to
     ``high``, each end excluded when ``open_low`` / ``open_high``."""
     def parse(text: str) -> float:
-        value = parse_fraction(text)
+        value = parse_number(text)
         if value < low or value > high or (open_low and value == low) or (open_high and value == high):
             interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
             raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text}")
@@ -52,13 +56,16 @@ THREADS = int_in(1, 4096)
 BATCH = int_in(1, 1 << 16)
 COUNT = int_in(1)  # images; the data bound the rest
 RADIUS = number_in(0, 1, open_low=True)  # eps and eps_v, in [0, 1] pixel units
+# eps and eps_v in either norm (L2 up to 64, Mao et al.'s Table 5 is 256/255); the norm's own
+# bound is checked where the norm is known (pyengine.purify.check_eps).
+NORM_RADIUS = number_in(0, 64, open_low=True)
 PURIFY_STEPS = int_in(0, 10_000)  # Purifier's own bounds
 
 
 def check_output_file(path: Path) -> None:
     """UsageError unless ``path`` can be written as a file, checked before the work that ends
     by writing it (a training run must not fail at its last step on a folder or read-only disk)."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder; give a file name")
