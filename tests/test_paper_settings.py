@@ -7,9 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyengine import Purifier
+from cifar_zips import write_cifar_zips
+from pyengine import Purifier, load_purifier
 from pyengine.attacks import BIM, FGSM, DefenseAwarePGD, build_attack, expand_specs
 from pyengine.attacks.paper import SOAP_TABLE2, CarliniWagnerL2, DeepFoolL2
+from pyengine.cli import main
+from pyengine.demo import CHECKPOINTS, STANDARD_CHECKPOINT
 from pyengine.evaluation import EvalConfig
 from pyengine.evaluation.api import follows_eps
 from pyengine.models import ContrastiveHead
@@ -19,7 +22,10 @@ from pyengine.random import CounterRandom
 from pyengine.soap import (ConsistencyObjective, MinAuxPurifier, aux_elements, beta_to_lam, make_objective,
                            soap_purifier)
 from pyengine.soap.objectives import LC_CROP_CURRENT, LC_CROP_PAPER
+from test_cli import _built_by
 from test_soap import one_thread, tiny_model  # noqa: F401 (one_thread: a module fixture, autouse)
+
+SOAP_LC_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny_soap_lc.safetensors"
 
 
 class Linear(torch.nn.Module):
@@ -216,3 +222,38 @@ def test_lc_crop_defaults_to_the_published_paper_and_offers_the_current_code():
     with pytest.raises(ValueError, match="lc_crop"):
         make_objective("rotation", model, RotationHead(model.num_features).double(), lc_crop=0.875)
     assert math.isclose(LC_CROP_CURRENT * 32, 28)
+
+
+# ----------------------------------------------------------- the factory and the command line
+
+def test_the_factory_reverses_in_the_attacks_norm_at_twice_its_eps():
+    table5 = load_purifier(STANDARD_CHECKPOINT, attack_eps=256 / 255, attack_norm="l2").step
+    assert (table5.norm, table5.eps, table5.step_size) == ("l2", pytest.approx(512 / 255), pytest.approx(2 / 255))
+    half = load_purifier(STANDARD_CHECKPOINT, attack_eps=4 / 255).step
+    assert (half.norm, half.eps, half.step_size) == ("linf", pytest.approx(8 / 255), pytest.approx(1 / 255))
+    given = load_purifier(STANDARD_CHECKPOINT, attack_eps=4 / 255, eps_v=24 / 255).step
+    assert (given.eps, given.step_size) == (pytest.approx(24 / 255), pytest.approx(3 / 255))
+    with pytest.raises(ValueError, match="lc_crop"):
+        load_purifier(STANDARD_CHECKPOINT, lc_crop=LC_CROP_CURRENT)
+    soap = load_purifier(SOAP_LC_CHECKPOINT, attack_eps=256 / 255, attack_norm="l2", lc_crop=LC_CROP_CURRENT)
+    assert soap.objective.crop_fraction == LC_CROP_CURRENT and soap.step.norm == "linf"  # SOAP's code: L-inf always
+
+
+def test_eval_and_demo_follow_eps_and_eval_takes_table5(monkeypatch, tmp_path):
+    from pyengine import demo, evaluation
+
+    data = write_cifar_zips(tmp_path / "cifar10", train_per_class=1, test_per_class=1)
+    common = ["--checkpoint", STANDARD_CHECKPOINT, "--data", data]
+    l2 = _built_by(["eval", *common, "--out", tmp_path / "e", "--norm", "l2", "--eps", "256/255"], monkeypatch,
+                   evaluation, "evaluate")
+    assert (l2.step.norm, l2.step.eps, l2.step.step_size) == ("l2", pytest.approx(512 / 255), pytest.approx(2 / 255))
+    shown = _built_by(["demo", *common, "--eps", "4/255"], monkeypatch, demo, "run_demo")
+    assert shown.step.eps == pytest.approx(8 / 255)
+    fixed = _built_by(["eval", *common, "--out", tmp_path / "f", "--eps", "4/255", "--eps-v", "16/255"], monkeypatch,
+                      evaluation, "evaluate")
+    assert fixed.step.eps == pytest.approx(16 / 255) and fixed.step.step_size == pytest.approx(2 / 255)
+
+
+def test_eval_refuses_an_eps_beyond_its_norms_bound(tmp_path, capsys):
+    assert main(["eval", "--eps", "256/255", "--out", str(tmp_path / "e")]) == 2
+    assert "eps must lie in (0, 1] for norm 'linf'" in capsys.readouterr().err
