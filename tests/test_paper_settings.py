@@ -1,6 +1,7 @@
 """The papers' settings as their published codes ran them (issue 21): eps bounds per norm and
 eps_v = 2 eps with its step (Mao et al.), SOAP's beta scale, SOAP's Table 2 attacks, and the
 options that give the codes' view sampler and LC crop."""
+import json
 import math
 
 import pytest
@@ -257,3 +258,21 @@ def test_eval_and_demo_follow_eps_and_eval_takes_table5(monkeypatch, tmp_path):
 def test_eval_refuses_an_eps_beyond_its_norms_bound(tmp_path, capsys):
     assert main(["eval", "--eps", "256/255", "--out", str(tmp_path / "e")]) == 2
     assert "eps must lie in (0, 1] for norm 'linf'" in capsys.readouterr().err
+
+
+def test_results_print_soaps_numbers_beside_the_attack_it_ran(tmp_path):
+    from pyengine.evaluation.paper import results_markdown
+
+    def summary(attacks):
+        rows = {name: {"adaptive": False, "standard": 0.0, "purified": 1 / 3, "oracle": 2 / 3}
+                for name in ["clean", *attacks]}
+        return {"images": 3, "model": {"architecture": "tiny", "path": "x"}, "config": {"purifier": "MinAux"},
+                "attacks": rows, "worst_case": {"standard": 0.0, "purified_static": 0.0, "purified_all": 0.0}}
+
+    for name, attacks in (("soap_lc", ["pgd50"]), ("soap_lc_paper", list(SOAP_TABLE2))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(summary(attacks)))
+    text = results_markdown(tmp_path, "a test machine")
+    assert "| soap-pgd20 | static | 0.00 | 33.33 | 66.67 | 0.15 | 51.42 | 62.29 |" in text
+    assert "| soap-deepfool | static | 0.00 | 33.33 | 66.67 | 8.52 | 74.79 | 88.88 |" in text
+    assert "| pgd50 | static | 0.00 | 33.33 | 66.67 | — | — | — |" in text  # not the paper's PGD
