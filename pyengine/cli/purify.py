@@ -69,7 +69,7 @@ def _cmd_purify(args) -> None:
     device(args)  # a device that cannot work is refused before anything loads
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     with world(args.device) as w:
-        purifier = _purifier(args, checkpoint, w.device, attack_eps=args.eps, attack_norm=args.norm)
+        purifier = _purifier(args, checkpoint, w.device)
         summary = purify_images(purifier, args.input, args.out, batch_size=args.batch_size, seed=args.seed,
                                 rank=w.rank, world_size=w.world_size, settings={"checkpoint": str(checkpoint)})
     if summary is None:

@@ -9,8 +9,9 @@ before the record existed say ``not recorded``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 from ..provenance import NOT_RECORDED, device_of, footer, provenance, record_of, relative_path
 from .runner import CLEAN
@@ -95,13 +96,18 @@ def run_markdown(setting: Setting, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(root: str | Path, device: str, made_by: str = "scripts/reproduce_papers.sh") -> str:
-    """The body of docs/RESULTS.md from ``root/<setting>[_adaptive]/results.json``: a table of
+def results_markdown(root: str | Path, device: str, made_by: str = "scripts/reproduce_papers.sh", *,
+                     settings: Sequence[str] | None = None, suffixes: Sequence[str] | None = None) -> str:
+    """The body of docs/RESULTS.md from ``root/<setting><suffix>/results.json``: a table of
     the runs with the device, commit and date each ran at, then each setting's tables.
-    ``made_by``: the script that ran them (it holds every command)."""
+    ``made_by``: the script that ran them (it holds every command); ``settings`` and
+    ``suffixes``: the settings and runs it makes (default: all of ``SETTINGS``), the others
+    are left out rather than listed as not run."""
     root = Path(root)
+    chosen = [s for s in SETTINGS if settings is None or s.name in settings]
+    chosen = [replace(s, runs=tuple(r for r in s.runs if suffixes is None or r[0] in suffixes)) for s in chosen]
     runs = {f"{setting.name}{suffix}": root / f"{setting.name}{suffix}" / "results.json"
-            for setting in SETTINGS for suffix, _ in setting.runs}
+            for setting in chosen for suffix, _ in setting.runs}
     summaries = {key: json.loads(path.read_text()) for key, path in runs.items() if path.is_file()}
     parts = ["# Reproducing the papers on models trained here", "",
              f"Runs under `{relative_path(root)}` on {device}; made by `{made_by}`, which holds "
@@ -115,7 +121,7 @@ def results_markdown(root: str | Path, device: str, made_by: str = "scripts/repr
         parts.append(f"| {name} | {summary['images']} | {device_of(summary)} | {commit} | "
                      f"{record.get('finished', NOT_RECORDED)} |")
     parts.append("")
-    for setting in SETTINGS:
+    for setting in chosen:
         parts += [f"### {setting.title}", ""]
         for suffix, title in setting.runs:
             name = f"{setting.name}{suffix}"
