@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_manifest
-from .purify import Purifier, PurifierLike
+from .purify import Purifier, PurifierLike, reverse_settings
 from .soap.checkpoint import load_aux_head
 from .soap.objectives import make_objective
 from .soap.select import MinAuxPurifier, soap_purifier
@@ -24,7 +24,7 @@ KINDS = ("contrastive", "soap")
 def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = None,
                   eps_v: float | None = None, precision: str | None = None, soap_eps: float | None = None,
                   aux: str | None = None, kind: str | None = None, weights: str | Path | None = None,
-                  **settings) -> PurifierLike:
+                  attack_eps: float | None = None, attack_norm: str = "linf", **settings) -> PurifierLike:
     """The purifier a checkpoint defines, carrying its ``manifest``.
 
     A checkpoint with an ``aux_task`` (or any, with ``aux``) gives SOAP's
@@ -34,10 +34,16 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
 
     Args:
         steps: K (contrastive, default 40) or T (SOAP, default 5).
-        eps_v: the contrastive radius (default 16/255); the step size follows as
-            eps_v / 8 unless ``step_size`` is given.
+        eps_v: the contrastive radius (default 2 x ``attack_eps``, else 16/255); the step
+            size follows (eps_v / 8 L-inf, eps_v / 256 L2) unless ``step_size`` is given.
+        attack_eps, attack_norm: the attack the contrastive purifier answers: it reverses in
+            ``attack_norm`` with eps_v = 2 ``attack_eps`` (Mao et al.'s code;
+            :func:`~pyengine.purify.steps.reverse_settings`). SOAP's purifiers do not depend on
+            them: its code purifies in L-inf at its own radii under every attack.
         precision: the contrastive backbone's (default ``"auto"``); SOAP runs in fp32 only.
         soap_eps: SOAP at this fixed radius instead of min-aux selection.
+        lc_crop (a setting): label consistency's view crop, default the published paper's
+            24/32 (``pyengine.soap.objectives.LC_CROP_CURRENT``: the authors' current 28/32).
         aux: the SOAP objective (default: the checkpoint's ``aux_task``; ``"consistency"``
             needs no head, so it purifies any classifier checkpoint).
         kind: ``"contrastive"`` or ``"soap"`` to refuse a checkpoint of the other kind.
@@ -68,6 +74,8 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
     elif soap_eps is not None:
         raise ValueError(f"soap_eps (--soap-eps) applies to SOAP checkpoints (manifest 'aux_task'); {path} is "
                          "contrastive: use eps_v (--eps-v)")
+    elif "lc_crop" in settings:
+        raise ValueError(f"lc_crop sets SOAP's label-consistency view; {path} is contrastive")
     ckpt = _load(path, map_location, weights, settings)
     settings.setdefault("image_size", ckpt.image_size)
     if steps is not None:
@@ -75,6 +83,9 @@ def load_purifier(path: str | Path, *, map_location="cpu", steps: int | None = N
     if soap:
         purifier = _soap(ckpt, aux or ckpt.manifest["aux_task"], soap_eps, settings)
     else:
+        if attack_eps is not None:
+            threat = reverse_settings(attack_eps, attack_norm, eps_v)
+            eps_v, settings["norm"] = threat["eps"], threat["norm"]
         given = {"eps": eps_v, "precision": precision}
         settings.setdefault("bank", ckpt.aux.get("contrastive_bank"))
         purifier = Purifier(ckpt.classifier, ckpt.require_head(), **{k: v for k, v in given.items() if v is not None},
@@ -105,7 +116,7 @@ def _check_soap_settings(path, eps_v, precision) -> None:
 
 def _soap(ckpt: Checkpoint, task: str, soap_eps: float | None, settings: dict) -> PurifierLike:
     """Algorithm 2 at ``soap_eps``, else min-aux, with ``task``'s objective."""
-    objective = make_objective(task, ckpt.classifier, load_aux_head(ckpt, task))
+    objective = make_objective(task, ckpt.classifier, load_aux_head(ckpt, task), lc_crop=settings.pop("lc_crop", None))
     if soap_eps is not None:
         return soap_purifier(ckpt.classifier, objective, eps=soap_eps, **settings)
     return MinAuxPurifier(ckpt.classifier, objective, **settings)

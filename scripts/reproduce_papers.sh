@@ -9,14 +9,17 @@
 #   SCALE=cpu-airbench bash scripts/reproduce_papers.sh   # airbench94, standard setting, 2 CPU cores
 #   SMOKE=1 bash scripts/reproduce_papers.sh        # a few images: checks the pipeline (minutes)
 #
-# It goes setting by setting (standard, adversarial, SOAP LC, SOAP RP), so a partial run
+# It goes setting by setting (standard, adversarial, adversarial_l2 = Mao et al.'s Table 5,
+# SOAP LC, SOAP RP), so a partial run
 # leaves whole settings. Every step skips its output when it exists (training resumes per
 # epoch, evaluation per batch of images and attack): run it again to continue, e.g. over
 # several GPU slices, or with a longer ATTACKS list to add attacks to finished settings.
 # Knobs (environment): OUT, DATA, DEVICE, MODEL, EPOCHS, HEAD_EPOCHS, PRECISION (training;
 # PURIFY_PRECISION for the contrastive purifier, default the same), N, ATTACKS,
 # ADAPTIVE_N, ADAPTIVE_ATTACKS, FIGURES, SETTINGS, STANDARD (an existing contrastive checkpoint
-# to evaluate as the standard setting instead of training one).
+# to evaluate as the standard setting instead of training one), L2_N and L2_ATTACKS (Table 5:
+# L2 eps 256/255 on the adversarial checkpoint, purified in L2 at eps_v 512/255),
+# PAPER_N and PAPER_ATTACKS (SOAP's Table 2 attacks as its code ran them, <setting>_paper/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
@@ -26,6 +29,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   OUT=${OUT:-runs/reproduce_smoke} MODEL=${MODEL:-preact_resnet_tiny} EPOCHS=${EPOCHS:-1} HEAD_EPOCHS=${HEAD_EPOCHS:-1}
   N=${N:-8} ATTACKS=${ATTACKS:-pgd3} ADAPTIVE_N=${ADAPTIVE_N:-4} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-bpda-pgd2}
   FIGURES=${FIGURES:-4} LIMIT="--limit 256" TEST_LIMIT="--test-limit 64" STEPS="--steps 2"
+  L2_N=${L2_N:-4} L2_ATTACKS=${L2_ATTACKS:-pgd2} PAPER_N=${PAPER_N:-4} PAPER_ATTACKS=${PAPER_ATTACKS:-soap-pgd20,soap-deepfool}
 elif [ "${SCALE:-gpu}" = cpu-airbench ]; then
   # The real model a CPU-only user gets (issue 16): airbench94 (1.97 M parameters, its own
   # recipe, 16 epochs), standard training only (Mao et al. Section 7.B). bf16 where the CPU
@@ -49,6 +53,9 @@ elif [ "${SCALE:-gpu}" = cpu ]; then
   N=${N:-1000} ATTACKS=${ATTACKS:-pgd50,pgd200,bim200,cw200,autoattack}
   ADAPTIVE_N=${ADAPTIVE_N:-100} ADAPTIVE_ATTACKS=${ADAPTIVE_ATTACKS:-pgd50,transfer-pgd50,bpda-pgd10,unrolled-pgd10}
   FIGURES=${FIGURES:-100} LIMIT="" TEST_LIMIT="" STEPS=""
+  # Table 5 purifies every attack in L2 with K = 40; SOAP's own attacks include C&W's binary
+  # search (up to 2,500 steps per image): fewer images than the Table 1 attacks.
+  L2_N=${L2_N:-200} PAPER_N=${PAPER_N:-500}
   HEAD_ARGS=(--limit 25000 --batch-size 512 --lr 3e-3)  # the embedded head's recipe
 else
   # Fewer epochs than the papers' 200 (one-cycle schedule): what GPU slices of 15 minutes
@@ -62,7 +69,9 @@ else
   FIGURES=${FIGURES:-500} LIMIT="" TEST_LIMIT="" STEPS=""
 fi
 PRECISION=${PRECISION:-fp32}
-SETTINGS=${SETTINGS:-standard adversarial soap_lc soap_rp}
+SETTINGS=${SETTINGS:-standard adversarial adversarial_l2 soap_lc soap_rp}
+L2_N=${L2_N:-$N} L2_ATTACKS=${L2_ATTACKS:-pgd200,cw200}  # Mao et al. Table 5's columns
+PAPER_N=${PAPER_N:-$N} PAPER_ATTACKS=${PAPER_ATTACKS:-soap-table2}
 mkdir -p "$OUT"
 run() {  # run OUTPUT COMMAND...: skip when OUTPUT exists
   local output=$1
@@ -123,17 +132,24 @@ for setting in $SETTINGS; do
         train_head "$OUT/standard_classifier.safetensors" "$checkpoint"
       fi
       evaluate standard "$checkpoint" 0 "${contrastive[@]}" ;;
-    adversarial)
+    adversarial|adversarial_l2)
       train_classifier "$OUT/adversarial_classifier.safetensors" --adversarial fgsm
       train_head "$OUT/adversarial_classifier.safetensors" "$OUT/adversarial.safetensors"
-      evaluate adversarial "$OUT/adversarial.safetensors" "$FIGURES" "${contrastive[@]}" ;;
+      if [ "$setting" = adversarial ]; then
+        evaluate adversarial "$OUT/adversarial.safetensors" "$FIGURES" "${contrastive[@]}"
+      else  # Table 5: the attack and the reverse attack in L2 (eps_v = 2 eps, step eps_v / 256)
+        evaluate_on "$OUT/adversarial_l2" "$L2_N" "$L2_ATTACKS" --norm l2 --eps 256/255 \
+          --checkpoint "$OUT/adversarial.safetensors" "${contrastive[@]}"
+      fi ;;
     soap_lc)
       train_classifier "$OUT/soap_consistency.safetensors" --aux consistency
-      evaluate soap_lc "$OUT/soap_consistency.safetensors" 0 ;;
+      evaluate soap_lc "$OUT/soap_consistency.safetensors" 0
+      evaluate_on "$OUT/soap_lc_paper" "$PAPER_N" "$PAPER_ATTACKS" --checkpoint "$OUT/soap_consistency.safetensors" ;;
     soap_rp)
       train_classifier "$OUT/soap_rotation.safetensors" --aux rotation
-      evaluate soap_rp "$OUT/soap_rotation.safetensors" 0 ;;
-    *) echo "unknown setting $setting (standard, adversarial, soap_lc, soap_rp)" >&2; exit 2 ;;
+      evaluate soap_rp "$OUT/soap_rotation.safetensors" 0
+      evaluate_on "$OUT/soap_rp_paper" "$PAPER_N" "$PAPER_ATTACKS" --checkpoint "$OUT/soap_rotation.safetensors" ;;
+    *) echo "unknown setting $setting (standard, adversarial, adversarial_l2, soap_lc, soap_rp)" >&2; exit 2 ;;
   esac
 done
 

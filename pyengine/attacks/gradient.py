@@ -126,18 +126,31 @@ class DefenseAwarePGD(PGD):
     """Defense-aware PGD: maximise ``L_c(x_a, y) - lam * L_s(x_a)`` (Eq. 8 of Mao et al.).
 
     ``objective`` is any purifier objective (per-image ``L_s``, e.g. ``purifier.objective``),
-    so SOAP's auxiliary-aware attack (Eq. 9, ``L_cls - beta * L_aux``) is the same code with
-    ``lam = beta`` (negative values allowed). ``lam = 0`` never evaluates ``L_s`` and equals
+    so SOAP's auxiliary-aware attack (Eq. 9, ``L_cls - beta * L_aux``) is the same code
+    (negative values allowed). SOAP's code weighs batch means, so its beta is another scale:
+    pass ``beta=`` (its Figure 5 axis) instead of ``lam`` for a SOAP objective, converted by
+    :func:`pyengine.soap.beta_to_lam` (6.25 beta for RP, 10 beta for LC on CIFAR-10) once
+    the class count and image shape are seen. ``lam = 0`` never evaluates ``L_s`` and equals
     :class:`PGD` exactly for the same generator. The views of ``L_s`` are drawn from the
     attacker's own stream, fresh at every step.
     """
 
-    def __init__(self, classifier: nn.Module, objective: nn.Module, lam: float, *, eps: float = 8 / 255,
-                 steps: int = 50, name: str | None = None, **kwargs):
-        if not isinstance(lam, (int, float)) or lam != lam:
-            raise ValueError(f"lam must be a real number, got {lam!r}")
-        super().__init__(classifier, eps=eps, steps=steps, name=name or f"aware-pgd{steps}@{lam:g}", **kwargs)
-        self.objective, self.lam = objective, float(lam)
+    def __init__(self, classifier: nn.Module, objective: nn.Module, lam: float | None = None, *,
+                 beta: float | None = None, eps: float = 8 / 255, steps: int = 50, name: str | None = None,
+                 **kwargs):
+        if (lam is None) == (beta is None):
+            raise ValueError(f"DefenseAwarePGD takes lam (this package's scale) or beta (SOAP's), exactly one; "
+                             f"got lam={lam!r}, beta={beta!r}")
+        weight = lam if beta is None else beta
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight != weight:
+            raise ValueError(f"{'lam' if beta is None else 'beta'} must be a real number, got {weight!r}")
+        if beta is not None and getattr(objective, "task", None) is None:
+            raise ValueError(f"beta is SOAP's scale and needs a SOAP objective (with .task), got "
+                             f"{type(objective).__name__}: pass lam")
+        default = f"aware-pgd{steps}@{lam:g}" if beta is None else f"aware-pgd{steps}@beta={beta:g}"
+        super().__init__(classifier, eps=eps, steps=steps, name=name or default, **kwargs)
+        self.objective, self.beta = objective, None if beta is None else float(beta)
+        self.lam = None if lam is None else float(lam)
         self.adaptive = True
 
     def _run(self, x, y, rng):
@@ -146,6 +159,11 @@ class DefenseAwarePGD(PGD):
 
     def _loss(self, x_adv, y, rng):
         loss, logits = super()._loss(x_adv, y, rng)
+        if self.lam is None:
+            from ..soap.objectives import beta_to_lam
+
+            self.lam = beta_to_lam(self.beta, self.objective.task, n_classes=logits.shape[1],
+                                   image_shape=tuple(x_adv.shape[1:]))
         if self.lam != 0:
             loss = loss - self.lam * self.objective(x_adv, generator=self._aux)
         return loss, logits

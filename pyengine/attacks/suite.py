@@ -4,9 +4,13 @@ Spec grammar (case-insensitive; ``N`` steps, ``E`` EOT draws, ``L`` a number):
 
 static (on the undefended classifier)
     ``fgsm``, ``pgdN`` (random start), ``bimN`` (no random start), ``cwN`` (margin-loss PGD,
-    the paper's C&W), ``pgdl2-N``, ``cwl2[-N]``, ``deepfool``, ``autoattack`` (standard).
+    the paper's C&W), ``pgdl2-N``, ``cwl2[-N]``, ``deepfool``, ``autoattack`` (standard);
+    SOAP's Table 2 attacks with the paper's own budgets (:mod:`.paper`): ``soap-fgsm``,
+    ``soap-pgd20``, ``soap-cw``, ``soap-deepfool`` (``soap-table2`` in a list: all four).
 adaptive (on the defense; need ``purifier=``)
     ``aware-pgdN@L`` / ``aware-cwN@L`` / ``aware-pgdl2-N@L``: defense-aware, lam = L (Eq. 8);
+    ``aware-bimN@beta=B``: SOAP's weight beta = B on its paper's scale (converted to lam by
+    :func:`pyengine.soap.beta_to_lam`; SOAP's own adaptive attack is ``aware-bim20@beta=B``);
     ``S[-eot[E]]-G`` with surrogate ``S`` in ``bpda``, ``bpda-iterates``, ``unrolled`` and a
     gradient attack ``G`` in ``pgdN``, ``bimN``, ``cwN``, ``pgdl2-N``, ``fgsm`` or ``apgd``
     (APGD-CE + APGD-DLR). Without ``-eot`` the attacker replays the defender's draws
@@ -34,15 +38,17 @@ from .base import Attack, Transfer
 from .defended import BPDA, BPDAIterates, Unrolled
 from .external import AutoAttack, CWL2, DeepFool
 from .gradient import BIM, FGSM, PGD, DefenseAwarePGD
+from .paper import SOAP_TABLE2, soap_attack
 
 EXAMPLES = (
     "fgsm", "pgd50", "pgd200", "pgdl2-50", "bim200", "cw200", "cwl2", "deepfool", "autoattack",
     "aware-pgd50@4", "bpda-pgd50", "bpda-eot-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50",
-    "unrolled-eot-pgd50", "unrolled-eot4-pgd50", "apgd-eot", "unrolled-apgd-eot", "transfer-pgd50",
+    "unrolled-eot-pgd50", "unrolled-eot4-pgd50", "apgd-eot", "unrolled-apgd-eot", "transfer-pgd50", *SOAP_TABLE2,
 )
 # "adaptive" in a spec list: the attacks whose per-image worst case is the adaptive number.
 ADAPTIVE_SUITE = ("transfer-pgd50", "bpda-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50",
                   "unrolled-eot-pgd50", "apgd-eot")
+SUITES = {"adaptive": ADAPTIVE_SUITE, "soap-table2": SOAP_TABLE2}
 SURROGATES = {"bpda": BPDA, "bpda-iterates": BPDAIterates, "unrolled": Unrolled}
 
 _GRADIENT = re.compile(r"^(?:(?P<fgsm>fgsm)|(?P<kind>pgd|bim|cw)(?P<steps>\d+)|pgdl2-(?P<l2>\d+))$")
@@ -62,22 +68,22 @@ def list_attacks() -> list[str]:
 
 
 def expand_specs(specs: str | Sequence[str]) -> list[str]:
-    """``"pgd50,adaptive"`` -> ``["pgd50", *ADAPTIVE_SUITE]``: comma-split, ``adaptive`` expanded,
-    duplicates dropped (first kept)."""
+    """``"pgd50,adaptive"`` -> ``["pgd50", *ADAPTIVE_SUITE]``: comma-split, the names of
+    ``SUITES`` (``adaptive``, ``soap-table2``) expanded, duplicates dropped (first kept)."""
     items = specs.split(",") if isinstance(specs, str) else list(specs)
     out: list[str] = []
     for item in (s.strip().lower() for s in items):
-        for spec in (ADAPTIVE_SUITE if item == "adaptive" else (item,) if item else ()):
+        for spec in SUITES.get(item, (item,) if item else ()):
             if spec not in out:
                 out.append(spec)
     return out
 
 
 def _unknown(spec: str, why: str = "") -> ValueError:
-    close = difflib.get_close_matches(spec, [*EXAMPLES, "adaptive"], n=3, cutoff=0.5)
+    close = difflib.get_close_matches(spec, [*EXAMPLES, *SUITES], n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
     return ValueError(f"unknown attack spec {spec!r}{why}{hint} (forms: fgsm, pgd<N>, bim<N>, cw<N>, pgdl2-<N>, "
-                      "cwl2[-<N>], deepfool, autoattack, aware-pgd<N>@<lam>, {bpda,bpda-iterates,unrolled}"
+                      "cwl2[-<N>], deepfool, autoattack, soap-fgsm, soap-pgd20, soap-cw, soap-deepfool, aware-pgd<N>@<lam>, {bpda,bpda-iterates,unrolled}"
                       "[-eot[<E>]]-{pgd<N>,cw<N>,apgd}, apgd-eot[<E>], transfer-<static spec>; see "
                       "pyengine.attacks.suite)")
 
@@ -127,17 +133,24 @@ def build_attack(spec: str, *, classifier: nn.Module | None = None, purifier: nn
     if purifier is None:
         raise ValueError(f"attack {spec!r} is adaptive (it attacks the defense): pass purifier=")
     if aware:
+        text = aware["lam"]
+        paper_scale = text.startswith("beta=")  # SOAP's beta (its Figure 5 axis), not lam
+        text = text[len("beta="):] if paper_scale else text
         try:
-            lam = float(aware["lam"])
+            lam = float(text)
         except ValueError:
             raise ValueError(f"attack spec {spec!r}: lambda must be a number, got {aware['lam']!r}") from None
         if not math.isfinite(lam):
             raise ValueError(f"attack spec {spec!r}: lambda must be a finite number, got {aware['lam']!r}")
+        if paper_scale and getattr(purifier.objective, "task", None) is None:
+            raise ValueError(f"attack spec {spec!r}: beta= is SOAP's scale, but the purifier's objective is "
+                             f"{type(purifier.objective).__name__}: write @<lam>")
         parts = _GRADIENT.match(aware["base"])
         if parts is None or parts["fgsm"]:
             raise _unknown(name, " (aware- takes pgd<N>, cw<N>, bim<N> or pgdl2-<N>)")
         kind, steps, attack_norm, attack_eps = _gradient_parts(parts, name, eps, norm, l2_eps)
-        return DefenseAwarePGD(classifier, purifier.objective, lam, eps=attack_eps, steps=steps, norm=attack_norm,
+        weight = {"beta": lam} if paper_scale else {"lam": lam}
+        return DefenseAwarePGD(classifier, purifier.objective, **weight, eps=attack_eps, steps=steps, norm=attack_norm,
                                step_size=step_size, random_start=kind != "bim",
                                loss="margin" if kind == "cw" else "ce", name=name)
 
@@ -192,4 +205,4 @@ def _static(name: str, classifier: nn.Module, *, eps, norm, l2_eps, step_size) -
         return DeepFool(classifier, eps=l2_eps, name=name)
     if name == "autoattack":
         return AutoAttack(classifier, eps=eps, norm=norm, version="standard", name=name)
-    return None
+    return soap_attack(name, classifier)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .flags import PURIFY_STEPS, RADIUS
+from .flags import NORM_RADIUS, PURIFY_STEPS
 
 # The Purifier's precisions (pyengine.purify.purifier.PRECISIONS and "auto"), spelled out so
 # that parsing the command line does not import torch.
@@ -41,9 +41,10 @@ def cifar10_data(args) -> Path:
 
 def add_purifier_args(p: argparse.ArgumentParser) -> None:
     """--eps-v, --steps, --precision: :func:`pyengine.load_purifier`'s keywords, its defaults."""
-    p.add_argument("--eps-v", type=RADIUS, default=None,
-                   help="contrastive purification radius, step eps_v / 8 (default: 16/255; refused for SOAP "
-                        "checkpoints, whose min-aux picks its own)")
+    p.add_argument("--eps-v", type=NORM_RADIUS, default=None,
+                   help="contrastive purification radius, in the attack's norm; its step follows (eps_v / 8 "
+                        "L-inf, eps_v / 256 L2) (default: 2 x --eps where there is one, else 16/255; refused for "
+                        "SOAP checkpoints, whose min-aux picks its own)")
     p.add_argument("--steps", type=PURIFY_STEPS, default=None,
                    help="purification steps (default: K=40 contrastive, T=5 SOAP)")
     p.add_argument("--precision", choices=PURIFIER_PRECISIONS, default=None,

@@ -56,6 +56,9 @@ THREADS = int_in(1, 4096)
 BATCH = int_in(1, 1 << 16)
 COUNT = int_in(1)  # images; the data bound the rest
 RADIUS = number_in(0, 1, open_low=True)  # eps and eps_v, in [0, 1] pixel units
+# eps and eps_v in either norm (L2 up to 64, Mao et al.'s Table 5 is 256/255); the norm's own
+# bound is checked where the norm is known (pyengine.purify.check_eps).
+NORM_RADIUS = number_in(0, 64, open_low=True)
 PURIFY_STEPS = int_in(0, 10_000)  # Purifier's own bounds
 
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from .common import (add_data_args, add_default_checkpoint, add_device_arg, add_purifier_args, add_user_model_args,
                      device, eval_images, torch_threads)
-from .flags import BATCH, COUNT, RADIUS, SEED, THREADS, int_in
+from .flags import BATCH, COUNT, NORM_RADIUS, RADIUS, SEED, THREADS, int_in
 
 
-def _purifier(args, checkpoint, map_location="cpu"):
+def _purifier(args, checkpoint, map_location="cpu", **threat):
+    """``threat``: eval's ``attack_eps`` and ``attack_norm`` (eps_v = 2 eps in that norm)."""
     from ..loading import load_purifier
 
     return load_purifier(checkpoint, map_location=map_location, steps=args.steps, eps_v=args.eps_v,
-                         precision=args.precision, weights=args.weights)
+                         precision=args.precision, weights=args.weights, **threat)
 
 
 def _cmd_demo(args) -> None:
@@ -22,7 +23,7 @@ def _cmd_demo(args) -> None:
 
     torch_threads(args)
     checkpoint = args.checkpoint or default_checkpoint()
-    purifier = _purifier(args, checkpoint)
+    purifier = _purifier(args, checkpoint, attack_eps=args.eps)
     data = eval_images(args, purifier, args.n)
     what = "CIFAR-10 test" if "model_source" not in purifier.manifest else f"{len(data.class_names)}-class"
     print(f"pyengine demo: {model_name(purifier.manifest)} from {checkpoint}\n"
@@ -47,7 +48,7 @@ def _cmd_eval(args) -> None:
     config = EvalConfig(attacks=expand_specs(args.attacks), eps=args.eps, norm=args.norm,
                         n=args.n, batch_size=args.batch_size, seed=args.seed, checkpoint=str(checkpoint))
     with world(args.device) as w:
-        purifier = _purifier(args, checkpoint, w.device)
+        purifier = _purifier(args, checkpoint, w.device, attack_eps=args.eps, attack_norm=args.norm)
         data = eval_images(args, purifier, args.n)
         summary = evaluate(purifier, data, config, args.out, rank=w.rank, world_size=w.world_size,
                            figure_images=args.figures, manifest=purifier.manifest)
@@ -99,7 +100,9 @@ def register(sub) -> None:
     p.add_argument("--attacks", default="pgd50,bpda-pgd50,transfer-pgd50",
                    help="comma-separated attack specs; 'adaptive' adds the adaptive suite "
                         "(grammar: pyengine.attacks.suite)")
-    p.add_argument("--eps", type=RADIUS, default=8 / 255)
+    p.add_argument("--eps", type=NORM_RADIUS, default=8 / 255,
+                   help="attack radius in --norm (L-inf at most 1, L2 at most 64; default 8/255); the contrastive "
+                        "purifier reverses in the same norm at eps_v = 2 x eps unless --eps-v is given")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     # --num-images: torchrun's own parser takes a bare --n for an abbreviation of --nnodes.
     p.add_argument("--n", "--num-images", dest="n", type=COUNT, default=1000, help="number of test images")

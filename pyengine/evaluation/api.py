@@ -1,6 +1,7 @@
 """One-call evaluation: ``evaluate`` (the CLI's ``pyengine eval``) and ``benchmark``."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from ..data import ImageSet
 from ..distributed import barrier
 from ..provenance import provenance, utc_now
+from ..purify.steps import ProjectedStep, reverse_settings
 from ..random import CounterRandom
 from . import figures
 from .report import summarize, write_report
@@ -84,7 +86,7 @@ def make_figures(run: Evaluation, records: dict, n: int, record: dict | None = N
         paths.append(figures.loss_histograms(records, static[0], fig_dir, loss_name=loss_name, record=record))
     paths.append(figures.accuracy_vs_steps(purifier, x, y, x_adv, fig_dir, seed=config.seed, record=record))
     paths.append(figures.robustness_vs_eps(purifier, x, y, pgd, FIGURE_EPS, fig_dir, seed=config.seed,
-                                           record=record))
+                                           record=record, follow_eps=follows_eps(purifier, config)))
     paths.append(figures.tradeoff_eps_v(purifier, x, y, x_adv, FIGURE_EPS_V, fig_dir, seed=config.seed,
                                         record=record))
     paths.append(figures.pca_trajectories(purifier, x, x_adv, fig_dir, seed=config.seed, record=record))
@@ -93,6 +95,19 @@ def make_figures(run: Evaluation, records: dict, n: int, record: dict | None = N
     paths.append(figures.lambda_tradeoff(purifier, x, y, aware, FIGURE_LAMBDAS, fig_dir, seed=config.seed,
                                          record=record))
     return paths
+
+
+def follows_eps(purifier, config: EvalConfig) -> bool:
+    """Whether ``purifier`` is contrastive with eps_v = 2 eps and its step at the run's eps (the
+    default when no eps_v is given): Fig. 6 then keeps that rule at every attack radius."""
+    from ..soap import MinAuxPurifier
+
+    step = getattr(purifier, "step", None)
+    if isinstance(purifier, MinAuxPurifier) or not isinstance(step, ProjectedStep):
+        return False
+    want = reverse_settings(config.eps, config.norm)
+    return step.norm == want["norm"] and math.isclose(step.eps, want["eps"]) and \
+        math.isclose(step.step_size, want["step_size"])
 
 
 def benchmark(defense, n_examples: int = 1000, threat_model: str = "Linf", eps: float = 8 / 255, *,

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..provenance import footer, provenance
+from ..purify.steps import reverse_settings
 from ..random import CounterRandom
 
 AttackAt = Callable[[float], object]  # eps -> attack with perturb(x, y, generator=...)
@@ -129,9 +130,20 @@ def accuracy_vs_steps(purifier, x, y, x_adv, out: Path, *, seed: int = 0, record
 
 
 def robustness_vs_eps(purifier, x, y, attack_at: AttackAt, eps_values: list[float], out: Path,
-                      *, seed: int = 0, record: dict | None = None) -> Path:
-    """Fig. 6: robust accuracy vs attack radius, Standard vs Purified (static attack)."""
-    data = {"eps": eps_values, **_attack_sweep(purifier, x, y, [attack_at(eps) for eps in eps_values], seed)}
+                      *, seed: int = 0, record: dict | None = None, follow_eps: bool = False) -> Path:
+    """Fig. 6: robust accuracy vs attack radius, Standard vs Purified (static attack).
+
+    ``follow_eps``: purify each radius with eps_v = 2 eps and its step (``reverse_settings``,
+    as the paper's Fig. 6), else with ``purifier``'s own eps_v at every radius."""
+    if follow_eps:
+        data = {"eps": eps_values, "eps_v": [], "standard": [], "purified": []}
+        for eps in eps_values:
+            variant = _with(purifier, **reverse_settings(eps, purifier.step.norm))
+            for key, values in _attack_sweep(variant, x, y, [attack_at(eps)], seed).items():
+                data[key] += values
+            data["eps_v"].append(variant.step.eps)
+    else:
+        data = {"eps": eps_values, **_attack_sweep(purifier, x, y, [attack_at(eps) for eps in eps_values], seed)}
     return _plot_sweep([255 * e for e in eps_values], data, "attack eps (x/255)", out, "fig6_robustness_vs_eps",
                        record)
 

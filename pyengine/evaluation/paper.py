@@ -9,11 +9,21 @@ before the record existed say ``not recorded``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 from ..provenance import NOT_RECORDED, device_of, footer, provenance, record_of, relative_path
 from .runner import CLEAN
+
+
+# A setting's runs: the static attacks (``<name>/``) and the adaptive ones, which run the
+# purifier in every attack step and so may cover fewer images (``<name>_adaptive/``).
+RUNS = (("", "Static attacks (on the undefended classifier)"),
+        ("_adaptive", "Adaptive attacks (on the defended classifier)"))
+# SOAP's own Table 2 attacks, as its code ran them (``--attacks soap-table2``, pyengine.attacks.paper).
+SOAP_PAPER_RUN = ("_paper", "SOAP's Table 2 attacks as its code ran them (on the undefended classifier): FGSM and "
+                            "PGD-20 (2/255 steps, no random start) at L-inf 8/255, C&W and DeepFool at L2 2")
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class Setting:
     source: str  # where the published numbers come from
     # attack spec -> (no defense, defended[, oracle]) as published; specs absent here get "—"
     published: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    runs: tuple[tuple[str, str], ...] = RUNS  # (directory suffix, title) of each run
 
 
 SETTINGS = (
@@ -31,13 +42,22 @@ SETTINGS = (
     Setting("adversarial", "Adversarial training (FGSM-RS), contrastive reverse attack (Mao et al.)",
             "Mao et al., Table 1 (RO PreRes-18)",
             {"pgd50": (52.40, 54.59), "pgd200": (52.34, 54.62), "bim200": (52.32, 54.54), "cw200": (50.33, 53.48)}),
+    Setting("adversarial_l2", "Adversarial training (FGSM-RS), L2 attacks at 256/255, reverse attack in L2 "
+            "at eps_v 512/255 (Mao et al., Table 5)", "Mao et al., Table 5 (RO PreRes-18)",
+            {"pgd200": (40.00, 41.98), "cw200": (38.31, 40.17)},
+            (("", "Static L2 attacks (on the undefended classifier)"),)),
+    # Shi et al.'s Table 2 (ResNet-18): rows pfy = 0 / min-aux / oracle, each beside the attack
+    # the paper ran (soap-*), never beside ours (pgd50 starts at random and takes 50 steps).
     Setting("soap_lc", "SOAP, label consistency, min-aux (Shi et al.; ResNet-18 in the paper)",
-            "Shi et al., Table 2 (LC; no defense / min-aux / oracle; no attack, PGD)",
-            # Their PGD is 20 steps of 2/255 from the input, no random start: our bim20.
-            {"clean": (86.36, 84.07, 94.06), "pgd50": (0.15, 51.42, 62.29), "bim20": (0.15, 51.42, 62.29)}),
+            "Shi et al., Table 2 (LC, ResNet-18; no defense / min-aux / oracle)",
+            {"clean": (86.36, 84.07, 94.06), "soap-fgsm": (22.81, 51.02, 59.45), "soap-pgd20": (0.15, 51.42, 62.29),
+             "soap-cw": (0.00, 73.95, 86.94), "soap-deepfool": (8.52, 74.79, 88.88)},
+            (*RUNS, SOAP_PAPER_RUN)),
     Setting("soap_rp", "SOAP, rotation prediction, min-aux (Shi et al.; ResNet-18 in the paper)",
-            "Shi et al., Table 2 (RP; no defense / min-aux / oracle; no attack, PGD)",
-            {"clean": (73.64, 71.97, 87.57), "pgd50": (0.47, 38.53, 39.40), "bim20": (0.47, 38.53, 39.40)}),
+            "Shi et al., Table 2 (RP, ResNet-18; no defense / min-aux / oracle)",
+            {"clean": (73.64, 71.97, 87.57), "soap-fgsm": (5.77, 35.80, 37.60), "soap-pgd20": (0.47, 38.53, 39.40),
+             "soap-cw": (0.00, 68.22, 79.80), "soap-deepfool": (13.65, 68.44, 84.34)},
+            (*RUNS, SOAP_PAPER_RUN)),
 )
 
 
@@ -76,19 +96,18 @@ def run_markdown(setting: Setting, summary: dict) -> str:
     return "\n".join(lines)
 
 
-# A setting's runs: the static attacks (``<name>/``) and the adaptive ones, which run the
-# purifier in every attack step and so may cover fewer images (``<name>_adaptive/``).
-RUNS = (("", "Static attacks (on the undefended classifier)"),
-        ("_adaptive", "Adaptive attacks (on the defended classifier)"))
-
-
-def results_markdown(root: str | Path, device: str, made_by: str = "scripts/reproduce_papers.sh") -> str:
-    """The body of docs/RESULTS.md from ``root/<setting>[_adaptive]/results.json``: a table of
+def results_markdown(root: str | Path, device: str, made_by: str = "scripts/reproduce_papers.sh", *,
+                     settings: Sequence[str] | None = None, suffixes: Sequence[str] | None = None) -> str:
+    """The body of docs/RESULTS.md from ``root/<setting><suffix>/results.json``: a table of
     the runs with the device, commit and date each ran at, then each setting's tables.
-    ``made_by``: the script that ran them (it holds every command)."""
+    ``made_by``: the script that ran them (it holds every command); ``settings`` and
+    ``suffixes``: the settings and runs it makes (default: all of ``SETTINGS``), the others
+    are left out rather than listed as not run."""
     root = Path(root)
+    chosen = [s for s in SETTINGS if settings is None or s.name in settings]
+    chosen = [replace(s, runs=tuple(r for r in s.runs if suffixes is None or r[0] in suffixes)) for s in chosen]
     runs = {f"{setting.name}{suffix}": root / f"{setting.name}{suffix}" / "results.json"
-            for setting in SETTINGS for suffix, _ in RUNS}
+            for setting in chosen for suffix, _ in setting.runs}
     summaries = {key: json.loads(path.read_text()) for key, path in runs.items() if path.is_file()}
     parts = ["# Reproducing the papers on models trained here", "",
              f"Runs under `{relative_path(root)}` on {device}; made by `{made_by}`, which holds "
@@ -102,9 +121,9 @@ def results_markdown(root: str | Path, device: str, made_by: str = "scripts/repr
         parts.append(f"| {name} | {summary['images']} | {device_of(summary)} | {commit} | "
                      f"{record.get('finished', NOT_RECORDED)} |")
     parts.append("")
-    for setting in SETTINGS:
+    for setting in chosen:
         parts += [f"### {setting.title}", ""]
-        for suffix, title in RUNS:
+        for suffix, title in setting.runs:
             name = f"{setting.name}{suffix}"
             body = run_markdown(setting, summaries[name]) if name in summaries else \
                 f"Not run yet (no `{relative_path(runs[name])}`)."

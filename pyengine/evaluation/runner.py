@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
+from ..purify.steps import check_eps
 from ..random import CounterRandom
 from ..resume import claim, tensor_digest, weights_digest, write_atomic
 
@@ -52,8 +53,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.n < 1 or self.batch_size < 1:
             raise ValueError(f"n and batch_size must be >= 1, got n={self.n}, batch_size={self.batch_size}")
-        if not 0 < self.eps <= 1:
-            raise ValueError(f"eps must lie in (0, 1], got {self.eps}")
+        # The bound depends on the norm: Mao et al.'s Table 5 attacks at L2 256/255.
+        self.eps = check_eps(self.eps, self.norm)
 
     def digest(self) -> str:
         """Hash of the settings that decide a unit's numbers, the purifier's included, so a

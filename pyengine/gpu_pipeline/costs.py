@@ -165,6 +165,12 @@ def _grad_rate(classifier, x, y, device) -> float:
     return 5 * len(x) / _timed(lambda: attack.perturb(x, y), device)
 
 
+# SOAP's Table 2 attacks (pyengine.attacks.paper), in gradients per image: C&W at most 5
+# search steps x 500 Adam steps (early abort not counted); DeepFool one gradient per class
+# per iteration, about 3 iterations of 10 classes plus a forward.
+PAPER_GRADIENTS = {"soap-fgsm": 1, "soap-pgd20": 20, "soap-cw": 2500, "soap-deepfool": 33}
+
+
 def attack_seconds(spec: str, n: int, rates: dict, *, setting: str, steps: int) -> float:
     """Estimated seconds of ``spec`` on ``n`` images of ``setting`` (the attack, then the
     purification of its output), ``steps`` the purifier's K (or SOAP's radii x T)."""
@@ -178,6 +184,8 @@ def attack_seconds(spec: str, n: int, rates: dict, *, setting: str, steps: int) 
         return attack_seconds(spec[len("transfer-"):], n, rates, setting=setting, steps=steps) + purify
     if spec == "autoattack":
         return (AUTOATTACK_GRADIENTS[0] * clean + AUTOATTACK_GRADIENTS[1] * SETTINGS[setting].robust) * grad + purify
+    if spec in PAPER_GRADIENTS:
+        return PAPER_GRADIENTS[spec] * grad + purify
     if spec == "fgsm" or _GRADIENT.match(spec):
         return (1 if spec == "fgsm" else int(_GRADIENT.match(spec)[1])) * grad + purify
     apgd, surrogate = _APGD.match(spec), _SURROGATE.match(spec)

@@ -56,7 +56,7 @@ class Scale:
     adaptive_batch: int
     static: tuple[str, ...]  # the Table 1 attacks
     heavy: tuple[str, ...]  # AutoAttack: its own step, after the adaptive attacks without EOT
-    soap_static: tuple[str, ...]  # SOAP's own attack, beside ours
+    soap_static: tuple[str, ...]  # SOAP's Table 2 attacks as its code ran them, beside ours
     adaptive_fast: tuple[str, ...]  # the adaptive suite without EOT
     adaptive_full: tuple[str, ...]  # then the whole suite
     figures: int
@@ -78,7 +78,8 @@ GPU = Scale(
              "soap": {"epochs": 15, "batch_size": 256, "lr": 0.2}},
     head={"epochs": 20, "limit": 25000, "batch_size": 512, "lr": 3e-3, "views": 4},
     n_static=1000, static_batch=500, n_adaptive=200, adaptive_batch=100,
-    static=("pgd50", "pgd200", "bim200", "cw200"), heavy=("autoattack",), soap_static=("bim20",),
+    static=("pgd50", "pgd200", "bim200", "cw200"), heavy=("autoattack",),
+    soap_static=("soap-pgd20", "soap-fgsm", "soap-deepfool", "soap-cw"),
     adaptive_fast=("transfer-pgd50", "bpda-pgd50", "bpda-iterates-pgd50", "unrolled-pgd50"),
     adaptive_full=("adaptive",), figures=500)
 

@@ -3,8 +3,8 @@ from .early_exit import EarlyExit
 from .objectives import ContrastiveObjective
 from .purifier import Purifier, PurifyResult, check_images
 from .protocol import PurifierLike
-from .steps import ProjectedStep
+from .steps import ProjectedStep, check_eps, reverse_settings, reverse_step_size
 from .views import ViewSampler
 
 __all__ = ["ContrastiveObjective", "EarlyExit", "ProjectedStep", "Purifier", "PurifierLike", "PurifyResult",
-           "ViewSampler", "check_images"]
+           "ViewSampler", "check_eps", "check_images", "reverse_settings", "reverse_step_size"]

@@ -21,12 +21,11 @@ from ..random import Random, as_random
 from .early_exit import EarlyExit, descend_with_early_exit
 from .graphs import CapturedDescent, GraphCache
 from .objectives import ContrastiveObjective
-from .steps import ProjectedStep
+from .steps import ProjectedStep, reverse_step_size
 from .views import ViewSampler
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-STEP_FRACTION = 1 / 8  # step size / eps_v: the paper's 2/255 at eps_v = 16/255
 # A call is padded up to a warmed-up batch size only when that at most multiplies its work by
 # this: compiling measured 1.3-2.2x (docs/BENCHMARKS.md), so more padding would lose to eager.
 PAD_LIMIT = 1.5
@@ -87,14 +86,17 @@ class Purifier(nn.Module):
             Tensor[N, D]`` taking images in [0, 1] (registered models do; wrap others with
             :class:`pyengine.models.HookedFeatures`).
         head: the contrastive head G (ignored when ``objective`` is given).
-        objective: L_s; default :class:`ContrastiveObjective` (Eq. 4) with ``n_views``,
+        objective: L_s; default :class:`ContrastiveObjective` (Eq. 4) with ``views`` (default
+            ``ViewSampler(n_views=n_views)``; ``ViewSampler.published()`` is Mao et al.'s code's),
             ``temperature``, ``negatives`` and ``bank``.
         step: the step rule; default :class:`ProjectedStep` with ``eps``, ``step_size``,
             ``norm`` and ``random_start``.
         steps: K, the number of purification steps (paper: 40).
-        eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255).
-        step_size: default ``eps / 8`` (:data:`STEP_FRACTION`), the paper's 2/255 at its
-            eps_v = 16/255: a radius given without a step size keeps the paper's ratio.
+        eps: eps_v, the reverse-attack radius (paper: 2 x the attack's 8/255, in the attack's
+            norm: ``**reverse_settings(eps, norm)`` from :mod:`pyengine.purify.steps`).
+        step_size: default :func:`~pyengine.purify.steps.reverse_step_size` (``eps / 8`` for
+            L-inf, ``eps / 256`` for L2): the papers' code's 2/255 at its eps_v (16/255 L-inf,
+            512/255 L2); a radius given without a step size keeps that ratio.
         seed: when given, every call draws the same randomness (a deterministic defense);
             else the global RNG (or the ``generator`` passed to ``purify``) is used.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``: the autocast dtype of
@@ -135,7 +137,8 @@ class Purifier(nn.Module):
     def __init__(self, classifier: nn.Module, head: nn.Module | None = None, *,
                  objective: nn.Module | None = None, step: ProjectedStep | None = None,
                  steps: int = 40, eps: float = 16 / 255, step_size: float | None = None, norm: str = "linf",
-                 random_start: bool = True, n_views: int = 4, temperature: float = 0.2,
+                 random_start: bool = True, n_views: int = 4, views: ViewSampler | None = None,
+                 temperature: float = 0.2,
                  negatives: str = "bank", bank: torch.Tensor | None = None, seed: int | None = None,
                  precision: str = "auto", cuda_graph: bool = True, channels_last: bool = True,
                  compile: bool | str = False, image_size: tuple[int, int] | None = None,
@@ -156,11 +159,11 @@ class Purifier(nn.Module):
                 raise ValueError("Purifier needs a contrastive head G (or an explicit objective)")
             if fold_batchnorm:
                 classifier = fold_batchnorms(classifier)
-            objective = ContrastiveObjective(classifier, head, ViewSampler(n_views=n_views),
+            objective = ContrastiveObjective(classifier, head, views or ViewSampler(n_views=n_views),
                                              temperature=temperature, negatives=negatives, bank=bank)
         self.classifier, self.objective = classifier, objective
         if step is None:
-            step_size = eps * STEP_FRACTION if step_size is None else step_size
+            step_size = reverse_step_size(eps, norm) if step_size is None else step_size
             step = ProjectedStep(eps, step_size, norm=norm, random_start=random_start)
         self.step = step
         self.steps, self.seed = steps, seed
@@ -390,9 +393,12 @@ class Purifier(nn.Module):
         return self.classifier(self.purify(x))
 
     def extra_repr(self) -> str:
-        return (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
+        text = (f"steps={self.steps}, step={self.step!r}, seed={self.seed}, precision={self.precision!r}, "
                 f"cuda_graph={self.cuda_graph}, channels_last={self.channels_last}, compile={self.compile!r}, "
                 f"fold_batchnorm={self.fold_batchnorm}, early_exit={self.early_exit!r}, autocast={self._resolved()}")
+        views = getattr(self.objective, "views", None)
+        # Named only off the default, so that runs recorded before the option keep their digest.
+        return text + (f", views={views!r}" if isinstance(views, ViewSampler) and views != ViewSampler() else "")
 
     def _resolved(self) -> str:
         # What "auto" means on this machine: run folders keyed by this repr never mix precisions.

@@ -11,15 +11,50 @@ import torch
 from ..ops import NORMS, projection_step_
 from ..random import Random, as_random
 
+# Largest radius per norm, in pixel units of images in [0, 1]: L-inf 1 holds the whole cube;
+# L2 64 is above the diameter of a 3x32x32 image (55.4), so Mao et al.'s Table 5 (eps 256/255)
+# and its eps_v (512/255) fit.
+EPS_MAX = {"linf": 1.0, "l2": 64.0}
+# Mao et al.'s reverse attack as their code runs it (github.com/cvlab-columbia/SelfSupDefense,
+# cifar10_defense.py at 29ade24): eps_v = 2 eps in the attack's norm (l. 965 adda_times = 2,
+# l. 997 epsilon * adda_times, l. 999 args.norm; the paper's "Implementation Details"), step
+# --pgd-alpha 2/255 in either norm (l. 467, 551, 997). Here the step follows eps_v with the
+# ratio that gives the code's 2/255 at the papers' radii: eps_v / 8 for L-inf (16/255) and
+# eps_v / 256 for L2 (Table 5: eps 256/255, eps_v 512/255).
+EPS_V_PER_EPS = 2
+STEP_RATIO = {"linf": 8, "l2": 256}
+
+
+def check_eps(eps, norm: str, name: str = "eps") -> float:
+    """``eps`` as a float, or ValueError unless it lies in (0, EPS_MAX[norm]]."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= EPS_MAX[norm]:
+        raise ValueError(f"{name} must lie in (0, {EPS_MAX[norm]:g}] for norm {norm!r} "
+                         f"(pixel units of images in [0, 1]), got {eps!r}")
+    return float(eps)
+
+
+def reverse_step_size(eps_v: float, norm: str = "linf") -> float:
+    """The reverse attack's step for radius ``eps_v``: eps_v / 8 (L-inf) or eps_v / 256 (L2)."""
+    return check_eps(eps_v, norm, "eps_v") / STEP_RATIO[norm]
+
+
+def reverse_settings(eps: float, norm: str = "linf", eps_v: float | None = None) -> dict:
+    """Purifier settings for an attack of radius ``eps`` in ``norm``, as Mao et al. ran them:
+    ``{"norm", "eps", "step_size"}`` with eps_v = 2 eps unless ``eps_v`` is given, and its step
+    by :func:`reverse_step_size`. ``Purifier(..., **reverse_settings(256/255, "l2"))`` is
+    Table 5's purifier (eps_v 512/255, step 2/255, L2)."""
+    eps = check_eps(eps, norm)
+    radius = min(EPS_V_PER_EPS * eps, EPS_MAX[norm]) if eps_v is None else check_eps(eps_v, norm, "eps_v")
+    return {"norm": norm, "eps": radius, "step_size": reverse_step_size(radius, norm)}
+
 
 class ProjectedStep:
     """Sign-gradient (``norm="linf"``) or normalised-gradient (``"l2"``) descent, projected."""
 
     def __init__(self, eps: float, step_size: float, *, norm: str = "linf", random_start: bool = True):
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if not 0 < eps <= (1 if norm == "linf" else 64):
-            raise ValueError(f"eps must lie in (0, 1] for linf (pixel units) or (0, 64] for l2, got {eps}")
+        check_eps(eps, norm)
         if not 0 < step_size <= eps * 4:
             raise ValueError(f"step_size must lie in (0, 4*eps], got {step_size} with eps={eps}")
         self.eps, self.step_size, self.norm, self.random_start = eps, step_size, norm, random_start

@@ -19,11 +19,16 @@ from ..random import Random, as_random
 class ViewSampler:
     """Random views of a batch: ``sampler(x) -> Tensor[n_views * N, 3, H, W]`` (view-major).
 
-    Defaults follow the paper's code: crop scale 0.08-1 and ratio 3/4-4/3, flip p=0.5,
-    colour jitter (brightness, contrast, saturation 0.8, hue 0.2) applied with p=0.8,
-    grayscale p=0.2. ``shared_across_batch`` draws one augmentation per view for the whole
-    batch, as the paper's code does with batched torchvision transforms; the default draws
-    per image and per view.
+    Defaults are SimCLR's augmentations as Mao et al.'s code lists them: crop scale 0.08-1
+    and ratio 3/4-4/3, flip p=0.5, colour jitter (brightness, contrast, saturation 0.8, hue
+    0.2), grayscale p=0.2, with the jitter applied with p=0.8 (SimCLR's ``RandomApply``). That
+    code applies the jitter to every view: its ``RandomApply`` is commented out
+    (github.com/cvlab-columbia/SelfSupDefense, cifar10_defense.py at 29ade24, l. 633-639).
+    p=0.8 stays the default because the shipped heads and banks were trained with it and
+    purification should draw the views its head was trained on; :meth:`published` gives the
+    code's sampler. ``shared_across_batch`` draws one augmentation per view for the whole
+    batch, as the code does with batched torchvision transforms; the default draws per image
+    and per view (so an image's purification does not depend on its batch-mates).
     """
 
     n_views: int = 4
@@ -47,6 +52,11 @@ class ViewSampler:
             raise ValueError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must lie in [0, 0.5], got {self.hue}")
+
+    @classmethod
+    def published(cls, n_views: int = 4) -> "ViewSampler":
+        """The sampler of Mao et al.'s code: jitter on every view, one draw per view for the batch."""
+        return cls(n_views=n_views, jitter_p=1.0, shared_across_batch=True)
 
     _TRIES = 10  # RandomResizedCrop's attempts before it falls back to the full image
     _UNIFORMS = 2 * _TRIES + 9  # per view: tries x (area, ratio), top, left, flip, gate, b, c, s, hue, gray

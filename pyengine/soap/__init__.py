@@ -6,13 +6,13 @@ purifiers from them: :func:`pyengine.load_purifier`). Joint training (Eq. 2) is 
 """
 from .checkpoint import aux_manifest, load_aux_head
 from .objectives import (TASK_DEFAULTS, ConsistencyObjective, JointLosses, ReconstructionObjective,
-                         RotationObjective, corrupt, crop_resize, make_objective, rotate)
+                         RotationObjective, aux_elements, beta_to_lam, corrupt, crop_resize, make_objective, rotate)
 from .select import (SOAP_DELTA, SOAP_RADII, SOAP_STEP_SIZE, SOAP_STEPS, Candidate, MinAuxPurifier, MinAuxResult,
                      OracleResult, oracle_purify, soap_purifier)
 
 __all__ = [
     "Candidate", "ConsistencyObjective", "JointLosses", "MinAuxPurifier", "MinAuxResult", "OracleResult",
     "ReconstructionObjective", "RotationObjective", "SOAP_DELTA", "SOAP_RADII", "SOAP_STEPS", "SOAP_STEP_SIZE",
-    "TASK_DEFAULTS", "aux_manifest", "corrupt", "crop_resize", "load_aux_head",
+    "TASK_DEFAULTS", "aux_elements", "aux_manifest", "beta_to_lam", "corrupt", "crop_resize", "load_aux_head",
     "make_objective", "oracle_purify", "rotate", "soap_purifier",
 ]

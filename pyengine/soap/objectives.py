@@ -36,6 +36,40 @@ TASK_DEFAULTS = {
 }
 
 
+# SOAP's adaptive attack (github.com/Mishne-Lab/SOAP at 0953512: main.py l. 250-251, 318;
+# criterions.py l. 95-97) ascends CE - 100 * beta * L_aux on batch means: F.cross_entropy over
+# the N images, and L_aux as F.mse_loss(reduction="mean") over N x m elements, m per image.
+# DefenseAwarePGD ascends sum_i CE_i - lam * L_aux_i with L_aux_i summed over the m elements
+# (the objectives below), so the same gradient direction needs lam = 100 * beta / m.
+PAPER_BETA_SCALE = 100
+# LC's fixed view: the crop of the code the paper ran (24/32) and of its current code (28/32).
+LC_CROP_PAPER = 0.75
+LC_CROP_CURRENT = 0.875
+
+
+def aux_elements(task: str, *, n_classes: int = 10, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """m: the elements per image that the published code's mean-reduced L_aux divides by.
+
+    rotation: 4 rotated copies x 4 softmax outputs (``rotate_criterion_l2``, l. 68-83) = 16;
+    consistency: the logits, ``n_classes`` (``pi_criterion``, l. 25-36);
+    reconstruction: the pixels, C x H x W (``recon_criterion``, l. 18-23)."""
+    if task == "rotation":
+        return 16
+    if task == "consistency":
+        return int(n_classes)
+    if task == "reconstruction":
+        return int(torch.Size(image_shape).numel())
+    raise ValueError(f"task must be one of {sorted(TASK_DEFAULTS)}, got {task!r}")
+
+
+def beta_to_lam(beta: float, task: str, *, n_classes: int = 10, image_shape: tuple[int, ...] = (3, 32, 32)) -> float:
+    """SOAP's beta (its Figure 5 axis) as :class:`~pyengine.attacks.DefenseAwarePGD`'s lam:
+    100 * beta / m (see :func:`aux_elements`): 6.25 beta for RP, 10 beta for LC on CIFAR-10."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta != beta or abs(beta) == float("inf"):
+        raise ValueError(f"beta must be a finite number, got {beta!r}")
+    return PAPER_BETA_SCALE * float(beta) / aux_elements(task, n_classes=n_classes, image_shape=image_shape)
+
+
 class JointLosses(NamedTuple):
     cls: torch.Tensor  # scalar: cross-entropy of the classifier on the (corrupted) training copies
     aux: torch.Tensor  # scalar: the auxiliary loss, normalised as the authors' code (alpha is tuned to it)
@@ -142,14 +176,17 @@ class ConsistencyObjective(nn.Module):
     """Label consistency (LC, Eq. 8): h = g, the classifier itself.
 
     ``forward(x)``: Tensor[N] of ||g(f(x)) - g(f(a(x)))||^2 in logit space, where a is the
-    deterministic flip + centre crop + nearest resize of the authors' code (rows and columns
-    4..27 of a 32x32 image, i.e. a 24x24 crop: ``crop_fraction=0.75``). Using the input
-    itself as one copy purifies every pixel (Section 4). Draws no randomness.
+    deterministic flip + centre crop + nearest resize of the authors' code. The default is the
+    code the paper was published with, rows and columns 4..27 of a 32x32 image (a 24x24 crop,
+    ``crop_fraction=0.75``; github.com/Mishne-Lab/SOAP, criterions.py at 72b7bfb, 2021-01-22);
+    the current code crops 2..29 (28x28, ``crop_fraction=LC_CROP_CURRENT``, since a5f9113,
+    2021-07-27, "change default LC cropping area"). Using the input itself as one copy
+    purifies every pixel (Section 4). Draws no randomness.
     """
 
     task = "consistency"
 
-    def __init__(self, classifier: nn.Module, *, crop_fraction: float = 0.75):
+    def __init__(self, classifier: nn.Module, *, crop_fraction: float = LC_CROP_PAPER):
         super().__init__()
         if not 0 < crop_fraction <= 1:
             raise ValueError(f"ConsistencyObjective: crop_fraction must lie in (0, 1], got {crop_fraction!r}")
@@ -239,14 +276,18 @@ class ReconstructionObjective(nn.Module):
         return JointLosses(F.cross_entropy(logits, y), F.mse_loss(recon, x), logits)
 
 
-def make_objective(task: str, classifier: nn.Module, head: nn.Module | None = None) -> nn.Module:
-    """The objective of ``task`` ("rotation", "consistency", "reconstruction")."""
+def make_objective(task: str, classifier: nn.Module, head: nn.Module | None = None, *,
+                   lc_crop: float | None = None) -> nn.Module:
+    """The objective of ``task`` ("rotation", "consistency", "reconstruction"); ``lc_crop``:
+    the consistency view's crop fraction (default :data:`LC_CROP_PAPER`), refused elsewhere."""
+    if lc_crop is not None and task != "consistency":
+        raise ValueError(f"lc_crop sets the label-consistency view's crop; task {task!r} has none")
     if task == "rotation":
         return RotationObjective(classifier, head)
     if task == "consistency":
         if head is not None:
             raise ValueError("the consistency objective uses the classifier itself; it takes no head")
-        return ConsistencyObjective(classifier)
+        return ConsistencyObjective(classifier, crop_fraction=LC_CROP_PAPER if lc_crop is None else lc_crop)
     if task == "reconstruction":
         return ReconstructionObjective(classifier, head)
     raise ValueError(f"unknown auxiliary task {task!r}; expected one of {', '.join(AUX_TASKS)}")

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..purify.purifier import Purifier, PurifyResult
 from ..purify.steps import ProjectedStep
+from .objectives import LC_CROP_PAPER
 
 # Algorithm 2 on CIFAR (Section 4): T = 5 sign-gradient steps of gamma = 4/255 from zero
 # init; min-aux tries eps_e = e * delta for e = 0..10 with delta = gamma.
@@ -157,7 +158,10 @@ class MinAuxPurifier(nn.Module):
         return self.classifier(self.purify(x))
 
     def extra_repr(self) -> str:
-        return f"radii=0..{self.n_radii} x {self.delta:.5g}, steps={self.steps}, step={self.step!r}"
+        text = f"radii=0..{self.n_radii} x {self.delta:.5g}, steps={self.steps}, step={self.step!r}"
+        crop = getattr(self.objective, "crop_fraction", LC_CROP_PAPER)
+        # Named only off its default, so that runs recorded before the option keep their digest.
+        return text + (f", lc_crop={crop:g}" if crop != LC_CROP_PAPER else "")
 
 
 class OracleResult(NamedTuple):
