@@ -24,7 +24,9 @@ from pyengine.soap import (ConsistencyObjective, MinAuxPurifier, aux_elements, b
                            soap_purifier)
 from pyengine.soap.objectives import LC_CROP_CURRENT, LC_CROP_PAPER
 from test_cli import _built_by
-from test_soap import one_thread, tiny_model  # noqa: F401 (one_thread: a module fixture, autouse)
+from test_soap import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: shared CPUs
 
 SOAP_LC_CHECKPOINT = CHECKPOINTS / "cifar10_preact_resnet_tiny_soap_lc.safetensors"
 
