@@ -141,7 +141,7 @@ def test_onnx_export_matches_the_engine(defended, data, tmp_path, monkeypatch):
 
     for name in ("contrastive_loss", "view_sampling", "projection_step"):  # the export's own ops
         monkeypatch.setattr(importlib.import_module(f"pyengine.ops.{name}"), "use_fused", lambda *t: False)
-    purifier = load_purifier(defended["out"], steps=1)
+    purifier = load_purifier(defended["out"], steps=1, precision="fp32")  # the export is fp32
     with pytest.raises(ValueError, match="64x64 pixels only"):
         export_onnx(purifier, tmp_path / "m32.onnx", 1, 2, image_size=(32, 32))
     path = export_onnx(purifier, tmp_path / "m.onnx", 1, 2)
@@ -191,7 +191,8 @@ def test_command_line(defended, tmp_path, capsys):
               "--batch-size", "10", "--out", str(out)]
     assert main(["train-head", "--model", source, "--weights", weights, *common]) == 2
     assert "--model needs --image-size" in capsys.readouterr().err
-    assert main(["train-head", "--model", source, "--checkpoint", str(out), *common]) == 2
+    assert main(["train-head", "--model", source, "--checkpoint", "cifar10_preact_resnet_tiny.safetensors",
+                 *common]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["train-head", "--model", "timm:resnet81", "--weights", weights, "--image-size", "64", *common]) == 2
     assert "did you mean" in capsys.readouterr().err
