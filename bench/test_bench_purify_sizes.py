@@ -13,7 +13,7 @@ the device with its threads.
 Settings from the environment: PYENGINE_BENCH_SOURCE (default ``timm:resnet18``; or e.g.
 ``torchvision:resnet18``), PYENGINE_BENCH_SIZES (default 64,128,224), PYENGINE_BENCH_BATCHES
 (default 1,8), PYENGINE_BENCH_STEPS (K per call, default 2), PYENGINE_BENCH_PRECISION (default
-auto: fp32 on the CPU, bf16 on CUDA).
+auto: bf16 on CUDA and on CPUs with native bf16, else fp32).
 """
 import os
 
