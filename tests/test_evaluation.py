@@ -1,5 +1,6 @@
 """The evaluation runner: report, resume, sharding, figures."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,8 +161,10 @@ def test_draw_fig2_redraws_a_figure_from_its_json_and_keeps_its_provenance(tmp_p
     record = {"commit": "unknown", "device": "a CPU of 2026-11-27", "finished": "2026-11-27"}
     source.write_text(json.dumps({"clean": [6.0, 6.5], "attacked": [7.0, 7.5], "purified": [5.0, 5.5],
                                   "provenance": record}))
+    # The checkout's pyengine, whatever (if anything) is installed: the script runs from scripts/.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, str(root / "scripts" / "draw_fig2.py"), str(source), str(tmp_path / "new")],
-                          capture_output=True, text=True, cwd=root)
+                          capture_output=True, text=True, cwd=root, env=env)
     assert done.returncode == 0, done.stderr
     drawn = json.loads((tmp_path / "new" / "fig2_loss_histograms.json").read_text())
     assert (tmp_path / "new" / "fig2_loss_histograms.png").stat().st_size > 0

@@ -170,7 +170,7 @@ def test_parity_checks_folding_and_early_exit_against_the_unfolded_fp32_referenc
     report = check_parity(reference, fast, data, attack="pgd1", batch_size=4, robust_only=True, progress=False)
     fast_path = report["fast_path"]
     assert fast_path["fold_batchnorm"] and fast_path["early_exit"] == {"tolerance": 1e9, "window": 1}
-    assert report["fast_mean_steps"] == 2.0 and report["steps"] == 3  # every image stopped after window + 1 steps
+    assert report["fast_mean_steps"] == 2.0 and fast_path["steps"] == 3  # every image stopped after window + 1 steps
     assert "BN folding True, early exit 1e+09 over 1 steps (mean 2.0 of K = 3 steps)" in markdown(report)
 
 
