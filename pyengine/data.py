@@ -78,6 +78,12 @@ class ImageSet:
             yield self.images[idx].float().div_(255), self.labels[idx]
 
 
+def check_limit(limit) -> None:
+    """``limit=`` of the image loaders: None (every image) or an int >= 0."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+
+
 def load_cifar10(path: str | Path, split: str = "test", *, limit: int | None = None) -> ImageSet:
     """Load CIFAR-10 ``split`` ("train" or "test") from a batches folder, image folder or zip.
 
@@ -88,8 +94,7 @@ def load_cifar10(path: str | Path, split: str = "test", *, limit: int | None = N
     """
     if split not in _BATCH_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    check_limit(limit)
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"CIFAR-10 source not found: {path}")

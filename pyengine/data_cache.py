@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 
 from .data import CIFAR10_CLASSES, DataError, ImageSet, load_cifar10
-from .resume import save_atomic
+from .resume import file_sha256, save_atomic
 
 CACHE_PREFIX = "cifar10-"
 CACHE_SUFFIX = ".pt"
 CACHE_FORMAT = 1
 SPLITS = ("train", "test")
-_CHUNK = 1 << 22
 
 
 def source_digest(source: str | Path) -> str:
@@ -40,11 +39,7 @@ def source_digest(source: str | Path) -> str:
         if not path.is_file():
             raise DataError(f"the CIFAR-10 cache is built from {source}/train.zip and test.zip (the JPEG copy); "
                             f"{path} is missing")
-        part = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                part.update(chunk)
-        total.update(f"{split}.zip:{part.hexdigest()}\n".encode())
+        total.update(f"{split}.zip:{file_sha256(path)}\n".encode())
     return total.hexdigest()
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import (CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, ImageSet, _decode, _interleave_order, load_cifar10,
-                   read_member)
+from .data import (CIFAR10_CLASSES, IMAGE_SUFFIXES, DataError, ImageSet, _decode, _interleave_order, check_limit,
+                   load_cifar10, read_member)
 
 MAX_IMAGE_SIZE = 1024
 
@@ -40,8 +40,7 @@ def load_images(source: str | Path, image_size: int, split: str | None = None, *
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f"image_size must be an integer in [8, {MAX_IMAGE_SIZE}], got {image_size!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    check_limit(limit)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"image source not found: {path}")

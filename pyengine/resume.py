@@ -68,6 +68,15 @@ def save_atomic(obj, path: Path) -> None:
     _replace_atomically(path, lambda f: torch.save(obj, f))
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 4 MiB chunks (weights files, data zips)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def tensor_digest(*tensors) -> str:
     """16 hex digits of sha256 over the tensors' dtypes, shapes and values (any device)."""
     digest = hashlib.sha256()

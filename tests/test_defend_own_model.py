@@ -21,6 +21,7 @@ from pyengine import Purifier, load_purifier
 from pyengine.defend import train_head_for_model
 from pyengine.image_folders import load_images
 from pyengine.models import sources
+from pyengine.resume import file_sha256
 from pyengine.models.checkpoint import CheckpointError, read_manifest
 from pyengine.train import HeadTrainConfig
 
@@ -97,7 +98,7 @@ def test_the_classifier_learned_and_the_checkpoint_records_it(defended):
     manifest = read_manifest(defended["out"])
     record = manifest["model_source"]
     assert record["source"] == defended["source"]
-    assert record["weights"]["sha256"] == sources.file_sha256(defended["weights"])
+    assert record["weights"]["sha256"] == file_sha256(defended["weights"])
     assert manifest["image_size"] == [SIZE, SIZE] and manifest["class_names"] == CLASSES
     assert record["normalization"] == {"mean": list(sources.IMAGENET_MEAN), "std": list(sources.IMAGENET_STD)}
     assert record["num_classes"] == len(CLASSES) and record["feature_layer"]["read"] == "input"

@@ -19,13 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from ..data import ImageSet
-from ..hardware import cpu_description
-from ..provenance import provenance, utc_now
+from ..provenance import device_name, provenance, utc_now
 from ..purify import Purifier
 from ..resume import write_atomic
+from .figures import pyplot
 from .parity import compare_paths, describe_path, evaluate_path
 
 IMAGES_TO_ADOPT = 2000
@@ -94,7 +92,7 @@ def run_study(load: Callable[[Schedule], Purifier], data: ImageSet, *, schedules
     ref_purifier = load(reference)
     device = next(ref_purifier.classifier.parameters()).device
     study = {"n": len(data), "eps": eps, "seed": seed, "tolerance_points": tolerance, "attacks": list(attacks),
-             "images_to_adopt": IMAGES_TO_ADOPT, "machine": machine_name(device),
+             "images_to_adopt": IMAGES_TO_ADOPT, "machine": device_name(device),
              "path": {k: v for k, v in describe_path(ref_purifier, device).items()
                       if k not in ("steps", "step_size")},
              "reference": _entry(reference), "schedules": [_entry(s) for s in schedules]}
@@ -137,12 +135,6 @@ def _rates(study: dict, seconds: dict, schedules) -> None:
         if seconds[schedule] > 0 and entry["robust_accuracy"]:
             entry["images_per_second"] = study["n"] * len(entry["robust_accuracy"]) / seconds[schedule]
             entry["purify_seconds"] = seconds[schedule]
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_description()
 
 
 def table(study: dict) -> str:
@@ -194,11 +186,7 @@ def _verdict(entry: dict, study: dict) -> str:
 def plot(study: dict, path: str | Path, *, note: str = "") -> Path:
     """Robust accuracy against purified images per second, one series per attack, the
     machine (and ``note``, e.g. "shared cores, indicative only") in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     entries = [study["reference"], *study["schedules"]]
     for attack, marker in zip(study["attacks"], "os^Dv"):

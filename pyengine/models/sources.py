@@ -19,7 +19,6 @@ features). :attr:`SourcedModel.record` is what a defended checkpoint stores to r
 from __future__ import annotations
 
 import difflib
-import hashlib
 import sys
 import warnings
 import zipfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..resume import file_sha256
 from .features import HookedFeatures
 
 PREFIXES = ("torchvision", "timm")
@@ -76,14 +76,6 @@ def import_timm():
     except ModuleNotFoundError:
         raise ImportError("timm is not installed: pip install timm") from None
     return timm
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_source(source: str) -> tuple[str, str]:
